@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from vggprune.errors import UserError
+
 VARIANTS = ("seed", "torchvision", "small")
 
 # torchvision's VGG11 ("A") configuration: conv widths, "M" = 2x2 max-pool.
@@ -48,13 +50,13 @@ class VGGSpec:
         object.__setattr__(self, "fc_widths", tuple(int(w) for w in self.fc_widths))
         object.__setattr__(self, "fc_activations", tuple(bool(a) for a in self.fc_activations))
         if len(self.conv_widths) != len(VGG11_CONV_WIDTHS):
-            raise ValueError(
+            raise UserError(
                 f"a VGG11 has {len(VGG11_CONV_WIDTHS)} conv layers, spec gives {len(self.conv_widths)}"
             )
         if len(self.fc_activations) != len(self.fc_widths):
-            raise ValueError("fc_activations must have one entry per hidden FC layer")
+            raise UserError("fc_activations must have one entry per hidden FC layer")
         if any(w < 1 for w in self.conv_widths + self.fc_widths) or self.num_classes < 1:
-            raise ValueError(f"every layer width and num_classes must be >= 1: {self}")
+            raise UserError(f"every layer width and num_classes must be >= 1: {self}")
 
     @property
     def flat_features(self) -> int:
@@ -140,9 +142,9 @@ def spec_for(variant: str, num_classes: int = 102, width_mult: float | None = No
       inputs: five pools leave 1×1, so the first FC sees just the last conv's channels.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown model {variant!r}; allowed: {', '.join(VARIANTS)}")
+        raise UserError(f"unknown model {variant!r}; allowed: {', '.join(VARIANTS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     if variant == "seed":
         return VGGSpec("seed", num_classes, VGG11_CONV_WIDTHS, (4096, 4096, 1000), 7, 224,
                        fc_activations=(True, True, False))
@@ -150,7 +152,7 @@ def spec_for(variant: str, num_classes: int = 102, width_mult: float | None = No
         return VGGSpec("torchvision", num_classes, VGG11_CONV_WIDTHS, (4096, 4096), 7, 224)
     mult = SMALL_WIDTH_MULT if width_mult is None else width_mult
     if not (isinstance(mult, (int, float)) and 0 < mult and math.isfinite(mult)):
-        raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+        raise UserError(f"width_mult must be a positive number, got {width_mult!r}")
     conv = tuple(max(1, round(w * mult)) for w in VGG11_CONV_WIDTHS)
     fc = (max(1, round(4096 * mult / 2)),) * 2
     return VGGSpec("small", num_classes, conv, fc, 1, 32, dropout=0.2)
@@ -169,9 +171,9 @@ def build_from_spec(spec: VGGSpec | dict[str, Any]) -> VGG11:
 def check_vgg11(model: Any) -> VGG11:
     """Raise a ValueError unless ``model`` is one of ours whose layers still match its spec."""
     if not isinstance(model, VGG11):
-        raise ValueError(f"expected a vggprune VGG11 (see build_vgg11), got {type(model).__name__}")
+        raise UserError(f"expected a vggprune VGG11 (see build_vgg11), got {type(model).__name__}")
     convs, fcs = model.conv_layers(), model.fc_layers()
     widths = (tuple(c.out_channels for c in convs), tuple(f.out_features for f in fcs[:-1]))
     if widths != (model.spec.conv_widths, model.spec.fc_widths):
-        raise ValueError("model layers no longer match its spec (modified outside vggprune?)")
+        raise UserError("model layers no longer match its spec (modified outside vggprune?)")
     return model

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import torch
 
+from vggprune.errors import UserError
 from vggprune.models import VGG11, VGGSpec, check_vgg11
 
 METHODS = ("torch-pruning", "by-hand")
@@ -29,22 +30,22 @@ def check_rate(rate: object) -> float:
                 raise TypeError
             rate = float(rate)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}") from None
+            raise UserError(f"rate must be a number in [0, 1), got {rate!r}") from None
     rate = float(rate)
     if not math.isfinite(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        raise UserError(f"rate must be a number in [0, 1), got {rate!r}")
     return rate
 
 
 def check_choice(kind: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+        raise UserError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
     return value  # type: ignore[return-value]
 
 
 def check_round_to(round_to: object) -> int:
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+        raise UserError(f"round_to must be a positive integer, got {round_to!r}")
     return round_to
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from vggprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""`vggprune params` (size and MACs over a sweep of rates) and `vggprune prune` (write one pruned model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tabulate import tabulate
+
+from vggprune.errors import UserError
+from vggprune.models import VARIANTS, build_vgg11
+from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"0,0.1,0.5"`` → ``[0.0, 0.1, 0.5]``, each checked against the rule's range."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise UserError(f"--rates needs a comma-separated list of numbers in [0, 1), got {text!r}")
+    rates = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserError(f"rate must be a number in [0, 1), got {item!r}") from None
+        rates.append(check_rate(value))
+    return rates
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="seed", help=f"model variant: {', '.join(VARIANTS)} (default seed)")
+    p.add_argument("--num-classes", type=int, default=102, help="classifier outputs (default 102)")
+    p.add_argument("--method", default="torch-pruning", help=f"{' | '.join(METHODS)} (default torch-pruning)")
+    p.add_argument("--scope", default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
+    p.add_argument("--criterion", default="l2", help=f"{' | '.join(CRITERIA)} (default l2)")
+    p.add_argument("--round-to", type=int, default=1, help="round kept widths down to a multiple (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and the random criterion")
+
+
+def _base_model(args: argparse.Namespace):
+    import torch
+
+    torch.manual_seed(args.seed)
+    return build_vgg11(args.model, num_classes=args.num_classes).eval()
+
+
+def run_params(args: argparse.Namespace) -> int:
+    from vggprune.counting import count_params_macs
+
+    rates = parse_rates(args.rates)
+    base = _base_model(args)
+    base_params, _ = count_params_macs(base)
+    rows = []
+    for rate in rates:
+        model = prune(base, rate, method=args.method, scope=args.scope, criterion=args.criterion,
+                      round_to=args.round_to, seed=args.seed)
+        params, macs = count_params_macs(model)
+        rows.append({
+            "model": args.model, "method": args.method, "scope": args.scope, "criterion": args.criterion,
+            "rate": rate, "params": params, "params_pct": round(100 * params / base_params, 2),
+            "macs": macs, "widths": {"conv": list(model.spec.conv_widths), "fc": list(model.spec.fc_widths)},
+        })
+        del model
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = [[r["rate"], f"{r['params']:,}", f"{r['params_pct']:.1f}", f"{r['macs'] / 1e6:,.1f}",
+                  "-".join(map(str, r["widths"]["fc"])), "-".join(map(str, r["widths"]["conv"]))]
+                 for r in rows]
+        print(f"{args.model} ({args.num_classes} classes), method {args.method}, scope {args.scope}, "
+              f"criterion {args.criterion}")
+        print(tabulate(table, headers=["rate", "params", "% of base", "MMACs", "FC widths", "conv widths"],
+                       tablefmt="github", disable_numparse=True))
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from vggprune.checkpoint import load_model, save_model
+    from vggprune.counting import count_params_macs
+
+    rate = check_rate(args.rate)
+    base = load_model(args.input)[0] if args.input else _base_model(args)
+    model = prune(base, rate, method=args.method, scope=args.scope, criterion=args.criterion,
+                  round_to=args.round_to, seed=args.seed)
+    params, macs = count_params_macs(model)
+    extra = {"method": args.method, "scope": args.scope, "criterion": args.criterion, "rate": rate,
+             "source": args.input or f"random init, seed {args.seed}"}
+    path = save_model(model, args.out, extra=extra)
+    print(f"wrote {path}: {params:,} params, {macs:,} MACs, "
+          f"conv {list(model.spec.conv_widths)}, fc {list(model.spec.fc_widths)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("params", help="parameter and MAC counts of a model pruned at several rates")
+    _add_model_options(p)
+    p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4,0.5", help="comma-separated rates in [0, 1)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=run_params)
+
+    p = sub.add_parser("prune", help="prune one model and save it (spec + state_dict)")
+    _add_model_options(p)
+    p.add_argument("--rate", type=float, required=True, help="fraction of units to remove, in [0, 1)")
+    p.add_argument("--input", default=None, help="a saved vggprune model to prune (default: a fresh one)")
+    p.add_argument("--out", required=True, help="where to write the pruned model (.pt)")
+    p.set_defaults(func=run_prune)
