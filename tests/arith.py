@@ -50,3 +50,27 @@ def vgg11_params(conv: tuple[int, ...], fc: tuple[int, ...], pool: int, num_clas
 def expected_params(variant: str, num_classes: int, rate: float | str, scope: str, round_to: int = 1) -> int:
     conv, fc = pruned_widths(variant, rate, scope, round_to)
     return vgg11_params(conv, fc, ARCH[variant][2], num_classes)
+
+
+# The committed bench/expected_params.json is this table; tests/test_gates.py checks they agree.
+EXPECTED_MODELS = (("small", 10), ("seed", 102), ("torchvision", 102))
+EXPECTED_RATES = tuple(f"{i * 0.05:.2f}" for i in range(20))  # 0.00 … 0.95
+
+
+def expected_table() -> dict:
+    counts = {}
+    for variant, classes in EXPECTED_MODELS:
+        counts[f"{variant}-{classes}"] = {
+            scope: {rate: expected_params(variant, classes, rate, scope) for rate in EXPECTED_RATES}
+            for scope in ("fc", "conv", "all")
+        }
+    return {"_comment": "Exact parameter counts per model-classes / scope / rate (round_to 1), derived by "
+                        "arithmetic in tests/arith.py, independently of vggprune. Regenerate with "
+                        "`python -m tests.arith > bench/expected_params.json`.",
+            "counts": counts}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(expected_table(), indent=1))
