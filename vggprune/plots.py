@@ -1,0 +1,211 @@
+"""PNG plots of report rows: accuracy vs params, latency vs params per device, GPU vs CPU latency.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, never
+through pyplot, so nothing needs a display and no global figure state leaks between reports. Each
+pruning series (method · scope · criterion) starts at the unpruned base, so every line reads as
+"what pruning this way does to the base model" and keeps its colour across all plots.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless, whatever MPLBACKEND says; set before anything draws
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from vggprune.report import BASE_METHOD, Row, device_order, write_atomic  # noqa: E402
+
+_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+            "tab:olive", "tab:cyan", "tab:gray"]
+# Both backends keep the same units, so their accuracy curves coincide: hollow squares on a dashed
+# line around filled circles keep both visible where they overlap.
+_METHOD_LOOK = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--", markerfacecolor="none",
+                                                      markersize=8)]
+
+
+def _series_name(row: Row) -> str:
+    extra = f" · round {row['round_to']}" if row["round_to"] != 1 else ""
+    return f"{row['method']} · {row['scope']} · {row['criterion']}{extra}"
+
+
+def _series(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Pruned rows by series, each sorted by rate; the base is kept out (it is drawn into every series)."""
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        if r["method"] != BASE_METHOD:
+            out.setdefault(_series_name(r), []).append(r)
+    return {name: sorted(rs, key=lambda r: r["rate"]) for name, rs in sorted(out.items())}
+
+
+def _looks(rows: Sequence[Row]) -> dict[str, dict]:
+    """Series → plot keywords: colour by scope · criterion, marker and line style by method."""
+    pruned = [r for r in rows if r["method"] != BASE_METHOD]
+    kinds = sorted({_series_name(r).split(" · ", 1)[1] for r in pruned})
+    methods = sorted({r["method"] for r in pruned}, key=lambda m: (m != "torch-pruning", m))
+    looks = {}
+    for r in pruned:
+        name = _series_name(r)
+        looks[name] = {"color": _COLOURS[kinds.index(name.split(" · ", 1)[1]) % len(_COLOURS)],
+                       **_METHOD_LOOK[methods.index(r["method"]) % len(_METHOD_LOOK)]}
+    return looks
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return write_atomic(path, buf.getvalue())
+
+
+def _annotate_rates(ax, points: Sequence[tuple[float, float, float]], colour: str, done: set) -> None:
+    """Label each point with its pruning rate, once per position (coinciding series share a label)."""
+    for x, y, rate in points:
+        if (round(x, 6), round(y, 6)) not in done:
+            done.add((round(x, 6), round(y, 6)))
+            ax.annotate(f"{rate:.0%}", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7,
+                        color=colour)
+
+
+def plot_accuracy(rows: Sequence[Row], title: str, path: Path) -> Path | None:
+    """Top-1 against parameter count: the study's "accuracy per size of params"."""
+    def acc_by_point(rs: Sequence[Row]) -> list[tuple[float, float, float]]:
+        points: dict[float, tuple[float, float, float]] = {}
+        for r in rs:  # accuracy does not depend on device or batch size: one point per rate
+            if r["accuracy"] is not None and r["rate"] not in points:
+                points[r["rate"]] = (r["params"] / 1e6, 100 * r["accuracy"], r["rate"])
+        return [points[k] for k in sorted(points)]
+
+    base = acc_by_point([r for r in rows if r["method"] == BASE_METHOD])
+    series = {name: acc_by_point(rs) for name, rs in _series(rows).items()}
+    if not base and not any(series.values()):
+        return None
+    looks = _looks(rows)
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    labelled: set = set()
+    for name, points in series.items():
+        if not points:
+            continue
+        xs, ys, _ = zip(*(base[:1] + points))
+        ax.plot(xs, ys, label=name, **looks[name])
+        _annotate_rates(ax, points, looks[name]["color"], labelled)
+    if base:
+        ax.plot([base[0][0]], [base[0][1]], marker="*", markersize=14, color="black", linestyle="none",
+                label="base (unpruned)", zorder=5)
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("top-1 accuracy on the test split (%)")
+    ax.set_title(f"Accuracy vs size — {title}\n(labels: pruning rate)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _latency_axes(fig: Figure, batch_sizes: Sequence[int]):
+    axes = fig.subplots(1, len(batch_sizes), squeeze=False)[0]
+    return dict(zip(batch_sizes, axes))
+
+
+def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
+    """p50 latency per batch against parameter count on one device, one panel per batch size;
+    the bar above each point reaches the p90."""
+    drows = [r for r in rows if r["device_label"] == device and r["latency_p50_ms"] is not None]
+    if not drows:
+        return None
+    looks = _looks(rows)
+    batch_sizes = sorted({r["batch_size"] for r in drows})
+    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
+    for bs, ax in _latency_axes(fig, batch_sizes).items():
+        brows = [r for r in drows if r["batch_size"] == bs]
+        base = [r for r in brows if r["method"] == BASE_METHOD][:1]
+        for name, rs in _series(brows).items():
+            rs = base + rs
+            xs = [r["params"] / 1e6 for r in rs]
+            p50 = [r["latency_p50_ms"] for r in rs]
+            up = [max(0.0, (r["latency_p90_ms"] or r["latency_p50_ms"]) - r["latency_p50_ms"]) for r in rs]
+            ax.errorbar(xs, p50, yerr=[[0.0] * len(up), up], capsize=3, label=name, **looks[name])
+        if base:
+            ax.plot([base[0]["params"] / 1e6], [base[0]["latency_p50_ms"]], marker="*", markersize=14,
+                    color="black", linestyle="none", label="base (unpruned)", zorder=5)
+        ax.set_title(f"batch size {bs}", fontsize=10)
+        ax.set_xlabel("parameters (millions)")
+        ax.set_ylabel("latency per batch, p50 (ms); bar to p90")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"Inference time vs size on {device} — {title}", fontsize=11)
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
+
+
+def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> Path | None:
+    """p50 per batch on an accelerator and on its partner CPU for the same cases (log scale: the gap
+    is often tens of times), one panel per batch size."""
+    arows = [r for r in rows if r["device_label"] == accel and r["vs_cpu_device"]]
+    if not arows:
+        return None
+    cpu = arows[0]["vs_cpu_device"]
+    looks = _looks(rows)
+    batch_sizes = sorted({r["batch_size"] for r in arows})
+    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
+    for bs, ax in _latency_axes(fig, batch_sizes).items():
+        for device, style in ((cpu, "-"), (accel, "--")):
+            brows = [r for r in rows if r["device_label"] == device and r["batch_size"] == bs
+                     and r["latency_p50_ms"] is not None]
+            base = [r for r in brows if r["method"] == BASE_METHOD][:1]
+            for name, rs in _series(brows).items():
+                rs = base + rs
+                ax.plot([r["params"] / 1e6 for r in rs], [r["latency_p50_ms"] for r in rs],
+                        **{**looks[name], "linestyle": style})
+            if base:
+                ax.plot([base[0]["params"] / 1e6], [base[0]["latency_p50_ms"]], marker="*", markersize=14,
+                        color="black", linestyle="none", zorder=5)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"batch size {bs}", fontsize=10)
+        ax.set_xlabel("parameters (millions)")
+        ax.set_ylabel("latency per batch, p50 (ms, log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    # One legend entry per series and per device, not per (series, device): the line style is the device.
+    handles = [Line2D([], [], label=name, **{**look, "linestyle": "none"}) for name, look in looks.items()]
+    handles += [Line2D([], [], color="black", marker="*", markersize=12, linestyle="none", label="base (unpruned)"),
+                Line2D([], [], color="gray", linestyle="-", label=f"on {cpu}"),
+                Line2D([], [], color="gray", linestyle="--", label=f"on {accel}")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{accel} vs {cpu} latency — {title}", fontsize=11)
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
+
+
+def write_plots(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
+    """Every plot the rows support, per (profile, model); returns the files written."""
+    out = Path(out_dir)
+    written: list[Path | None] = []
+    for profile, model in sorted({(r["profile"], r["model"]) for r in rows}):
+        grows = [r for r in rows if (r["profile"], r["model"]) == (profile, model)]
+        title = f"profile {profile}, model {model}"
+        stem = _slug(f"{profile}_{model}")
+        written.append(plot_accuracy(grows, title, out / f"accuracy_vs_params_{stem}.png"))
+        devices = device_order((r["device_label"] for r in grows), grows)
+        for device in devices:
+            written.append(plot_latency(grows, device, title,
+                                        out / f"latency_vs_params_{stem}_{_slug(device)}.png"))
+        for device in devices:
+            if any(r["vs_cpu_device"] for r in grows if r["device_label"] == device):
+                written.append(plot_gpu_vs_cpu(grows, device, title,
+                                               out / f"gpu_vs_cpu_{stem}_{_slug(device)}.png"))
+    return [p for p in written if p is not None]
