@@ -1,0 +1,250 @@
+"""`vggprune report` on the committed run fixtures: rows, tables, formats, merging, and bad input.
+
+Expected numbers are recomputed from the fixture's own ``extra_info`` so the tests hold for any real
+run that replaces it; the structure (one table per batch size, a row per case, a column group per
+device) is what is pinned down.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from vggprune.cli import main
+from vggprune.errors import UserError
+from vggprune.report import CSV_FIELDS, load_rows, load_run, render, summary_tables, write_atomic
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CPU = FIXTURES / "run_cpu.json"
+GPU = FIXTURES / "run_gpu.json"
+
+
+def raw(path: Path = CPU) -> dict:
+    return json.loads(path.read_text())
+
+
+def extras(path: Path = CPU) -> list[dict]:
+    return [b["extra_info"] for b in raw(path)["benchmarks"]]
+
+
+def variant(tmp_path: Path, edit, src: Path = CPU, name: str = "variant.json") -> Path:
+    """A copy of a fixture with ``edit(data)`` applied, for one-off bad or changed inputs."""
+    data = raw(src)
+    edit(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def p50(cases: list[dict], **match) -> float:
+    (case,) = [c for c in cases if all(c[k] == v for k, v in match.items())]
+    return case["latency_p50_ms"]
+
+
+# ---------------------------------------------------------------- rows
+
+def test_one_row_per_case_with_derived_ratios_from_the_same_device_and_batch():
+    runs, rows = load_rows([CPU])
+    cases = extras()
+    assert len(rows) == len(cases) == len(runs[0].cases)
+    for r in rows:
+        base_p50 = p50(cases, method="base", batch_size=r["batch_size"], device=r["device"])
+        assert r["measured_speedup"] == pytest.approx(base_p50 / r["latency_p50_ms"])
+        assert r["theoretical_speedup"] == pytest.approx(r["base_macs"] / r["macs"], rel=1e-3)
+        assert r["speedup_ratio"] == pytest.approx(r["measured_speedup"] / r["theoretical_speedup"])
+        assert r["params_pct"] == pytest.approx(100 * r["params"] / r["base_params"])
+        assert r["vs_cpu_speedup"] is None  # a CPU-only run has nothing to compare the CPU with
+    assert rows[0]["method"] == "base"  # base first, then the sweep
+
+
+def test_summary_table_has_a_row_per_method_scope_criterion_rate_for_each_batch_size():
+    runs, rows = load_rows([CPU])
+    cases = extras()
+    tables = summary_tables(rows)
+    assert [t.title.split("batch size ")[1] for t in tables] == [
+        str(b) for b in sorted({c["batch_size"] for c in cases})]
+    for table in tables:
+        bs = int(table.title.split("batch size ")[1])
+        expected = {(c["method"], c["scope"], c["criterion"], f"{c['rate']:g}")
+                    for c in cases if c["batch_size"] == bs}
+        assert {tuple(line[:4]) for line in table.rows} == expected
+        assert len(table.rows) == len(expected)
+        assert table.rows[0][:4] == ["base", "none", "none", "0"]
+        for h in ("params", "% of base", "MMACs", "theor. ×", "top-1 %", "cpu p50 (p90) ms", "cpu img/s",
+                  "cpu ×", "cpu ×/theor."):
+            assert h in table.headers
+        base = table.rows[0]
+        assert base[table.headers.index("% of base")] == "100.0"
+        assert base[table.headers.index("cpu ×")] == "1.00"
+
+
+def test_table_cells_show_the_contract_values():
+    _, rows = load_rows([CPU])
+    case = next(c for c in extras() if c["method"] != "base" and c["accuracy"] is not None)
+    table = next(t for t in summary_tables(rows) if t.title.endswith(f"batch size {case['batch_size']}"))
+    line = next(r for r in table.rows
+                if r[:4] == [case["method"], case["scope"], case["criterion"], f"{case['rate']:g}"])
+    cell = dict(zip(table.headers, line))
+    assert cell["params"] == f"{case['params']:,}"
+    assert cell["MMACs"] == f"{case['macs'] / 1e6:,.2f}"
+    assert cell["top-1 %"] == f"{100 * case['accuracy']:.2f}"
+    assert cell["cpu p50 (p90) ms"].split(" (")[0] in (f"{case['latency_p50_ms']:.2f}",
+                                                       f"{case['latency_p50_ms']:.1f}",
+                                                       f"{case['latency_p50_ms']:,.0f}")
+
+
+def test_missing_accuracy_is_a_dash_with_its_reason_noted(tmp_path):
+    def drop_accuracy(data):
+        for b in data["benchmarks"]:
+            b["extra_info"].update(accuracy=None, top5=None, accuracy_reason="Flowers102 not found under /data")
+
+    runs, rows = load_rows([variant(tmp_path, drop_accuracy)])
+    text = render(runs, rows, "github")
+    assert all(t.rows[0][t.headers.index("top-1 %")] == "–" for t in summary_tables(rows))
+    assert f"top-1 missing for {len(rows)} case(s): Flowers102 not found under /data" in text
+
+
+def test_stats_are_not_needed():
+    """extra_info is the source of truth: the derived GPU fixture carries no stats block at all."""
+    assert all("stats" not in b for b in raw(GPU)["benchmarks"])
+    assert len(load_run(GPU).cases) == len(raw(GPU)["benchmarks"])
+
+
+# ---------------------------------------------------------------- formats
+
+def test_formats_github_plain_csv_json():
+    runs, rows = load_rows([CPU])
+    github, plain = render(runs, rows, "github"), render(runs, rows, "plain")
+    assert "| method" in github and "### profile" in github and "### Devices" in github
+    assert "|" not in plain and "method" in plain
+    parsed = list(csv.DictReader(io.StringIO(render(runs, rows, "csv"))))
+    assert len(parsed) == len(rows) and tuple(parsed[0]) == CSV_FIELDS
+    assert float(parsed[0]["latency_p50_ms"]) == rows[0]["latency_p50_ms"]  # full precision
+    as_json = json.loads(render(runs, rows, "json"))
+    assert len(as_json["rows"]) == len(rows) and as_json["runs"][0]["path"] == str(CPU)
+    with pytest.raises(UserError, match="unknown format"):
+        render(runs, rows, "html")
+
+
+# ---------------------------------------------------------------- merging
+
+def test_merge_cpu_run_with_gpu_run_from_another_machine():
+    runs, rows = load_rows([CPU, GPU])
+    assert len(rows) == len(extras(CPU)) + len(extras(GPU))
+    node = raw(CPU)["machine_info"]["node"]
+    # the same device type from two machines gets two columns; the lone cuda keeps its name
+    assert {r["device_label"] for r in rows} == {f"cpu@{node}", "cpu@gpu-box", "cuda"}
+    gpu_cases = extras(GPU)
+    for r in rows:
+        if r["device"] == "cuda":
+            # GPU vs CPU compares with the CPU of the same machine, not the other run's
+            assert r["vs_cpu_device"] == "cpu@gpu-box"
+            cpu_p50 = p50(gpu_cases, device="cpu", method=r["method"], scope=r["scope"], rate=r["rate"],
+                          batch_size=r["batch_size"])
+            assert r["vs_cpu_speedup"] == pytest.approx(cpu_p50 / r["latency_p50_ms"])
+            base = p50(gpu_cases, device="cuda", method="base", batch_size=r["batch_size"])
+            assert r["measured_speedup"] == pytest.approx(base / r["latency_p50_ms"])
+    table = summary_tables(rows)[0]
+    assert "cuda vs cpu@gpu-box ×" in table.headers and f"cpu@{node} p50 (p90) ms" in table.headers
+    assert table.headers.index(f"cpu@{node} img/s") < table.headers.index("cuda img/s")  # CPU first
+
+
+def test_gpu_only_file_is_compared_with_the_only_cpu(tmp_path):
+    def cuda_only(data):
+        data["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["device"] == "cuda"]
+
+    _, rows = load_rows([CPU, variant(tmp_path, cuda_only, src=GPU)])
+    assert {r["device_label"] for r in rows} == {"cpu", "cuda"}
+    cuda = [r for r in rows if r["device"] == "cuda"]
+    assert cuda and all(r["vs_cpu_device"] == "cpu" and r["vs_cpu_speedup"] > 0 for r in cuda)
+    assert "cuda vs cpu ×" in summary_tables(rows)[0].headers
+
+
+def test_the_same_run_twice_is_an_error_not_a_silent_pick(tmp_path):
+    copy = variant(tmp_path, lambda d: None, name="copy.json")
+    with pytest.raises(UserError, match="is in both"):
+        load_rows([CPU, copy])
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("content, message", [
+    ("not json {", "is not JSON"),
+    ("[1, 2]", "is not pytest-benchmark JSON"),
+    ('{"benchmarks": [], "machine_info": {}}', "holds no benchmarks"),
+])
+def test_not_a_benchmark_file(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_run(path)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="cannot read"):
+        load_run("no/such/run.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e.clear(), "lacks contract fields in extra_info: case_id, profile"),
+    (lambda e: e.pop("latency_p50_ms"), "lacks contract fields in extra_info: latency_p50_ms"),
+    (lambda e: e.update(params="912k"), "params must be a positive integer"),
+    (lambda e: e.update(accuracy="high"), "accuracy must be a number or null"),
+    (lambda e: e.update(rate=1.5), r"rate must be in \[0, 1\)"),
+])
+def test_contract_violations_name_the_benchmark_and_field(tmp_path, edit, message):
+    path = variant(tmp_path, lambda d: edit(d["benchmarks"][1]["extra_info"]))
+    name = raw()["benchmarks"][1]["name"]
+    with pytest.raises(UserError, match=message) as info:
+        load_run(path)
+    assert name in str(info.value)
+
+
+def test_a_case_twice_in_one_file_is_an_error(tmp_path):
+    path = variant(tmp_path, lambda d: d["benchmarks"].append(d["benchmarks"][0]))
+    with pytest.raises(UserError, match="are the same case"):
+        load_run(path)
+
+
+# ---------------------------------------------------------------- CLI and files
+
+def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
+    assert main(["report", str(CPU), str(GPU), "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("### profile") and "cuda vs cpu@gpu-box ×" in out
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"summary.md", "summary.csv", "summary.json"} <= names
+    pngs = sorted(n for n in names if n.endswith(".png"))
+    assert pngs == sorted(["accuracy_vs_params_quick_small.png", "gpu_vs_cpu_quick_small_cuda.png",
+                           "latency_vs_params_quick_small_cuda.png", "latency_vs_params_quick_small_cpu-gpu-box.png",
+                           f"latency_vs_params_quick_small_cpu-{raw()['machine_info']['node']}.png"])
+    assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
+    assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave nothing behind
+    assert "wrote 8 files" in err
+    assert out in (tmp_path / "summary.md").read_text()
+
+
+def test_cli_csv_to_stdout_without_plots(tmp_path, capsys):
+    assert main(["report", str(CPU), "--format", "csv", "--no-plots", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ",".join(CSV_FIELDS)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    path = variant(tmp_path, lambda d: d["benchmarks"][0].pop("extra_info"))
+    assert main(["report", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no extra_info" in err
+    assert not (tmp_path / "summary.md").exists()
+
+
+def test_write_atomic_replaces_whole_file(tmp_path):
+    target = tmp_path / "deep" / "summary.md"
+    write_atomic(target, "old")
+    write_atomic(target, b"new")
+    assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["summary.md"]
