@@ -84,6 +84,12 @@ def test_latency_ratio_and_no_latency(tmp_path, capsys):
     assert code == 0 and "latency not checked" in out
 
 
+def test_missing_latency_is_noted_not_judged(tmp_path, capsys):
+    path = candidate(tmp_path, lambda e: e.update(latency_p50_ms=None))
+    code, out, _ = run(capsys, CPU, path)
+    assert code == 0 and "latency not compared for 1 case(s)" in out
+
+
 def test_faster_candidate_is_not_a_regression(tmp_path, capsys):
     path = candidate(tmp_path, lambda e: e.update(latency_p50_ms=e["latency_p50_ms"] / 10))
     assert run(capsys, CPU, path)[0] == 0

@@ -84,12 +84,13 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -
                         f"are they runs of the same profile and axes?")
     result = Comparison(tolerances=tol)
     by_order = sorted(common, key=lambda k: row_order(dict(zip(KEY_FIELDS, k))))
-    hardware = set()
+    hardware, untimed = set(), 0
     for key in by_order:
         b, c = base_cases[key], cand_cases[key]
         result.matched.append((b, c, _problems(b, c, tol)))
         if b["device_name"] != c["device_name"]:
             hardware.add((b["device"], b["device_name"], c["device_name"]))
+        untimed += not (b["latency_p50_ms"] and c["latency_p50_ms"] is not None)
     result.only_baseline = [base_cases[k] for k in base_cases if k not in cand_cases]
     result.only_candidate = [cand_cases[k] for k in cand_cases if k not in base_cases]
     for device, bname, cname in sorted(hardware):
@@ -97,6 +98,8 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -
                             f"candidate {cname!r}")
     if not tol.check_latency:
         result.notes.append("latency not checked (--no-latency)")
+    elif untimed:
+        result.notes.append(f"latency not compared for {untimed} case(s): p50 missing in one of the files")
     return result
 
 
