@@ -1,0 +1,132 @@
+"""The benchmark harness itself, run with pytester on a copy of bench/ and the root conftest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.arith import expected_params
+
+REPO = Path(__file__).resolve().parent.parent
+# A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
+SMALL_RUN = ["--rates", "0,0.5", "--scope", "fc", "--batch-sizes", "1,4", "--latency-rounds", "3",
+             "--latency-warmup", "1", "--devices", "cpu", "--threads", "1", "-p", "no:cacheprovider"]
+CONTRACT = {"profile", "model", "method", "scope", "rate", "device", "batch_size", "params", "macs", "accuracy",
+            "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "images_per_s"}
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One checkpoint cache for all harness runs here, so the quick base trains once per test session."""
+    return tmp_path_factory.mktemp("vggprune-cache")
+
+
+# Runs that execute cases use a subprocess: an in-process run would re-import numpy/torch modules.
+@pytest.fixture
+def bench(pytester: pytest.Pytester, shared_cache: Path, monkeypatch) -> pytest.Pytester:
+    shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
+    shutil.copytree(REPO / "bench", pytester.path / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("VGGPRUNE_CACHE_DIR", str(shared_cache))
+    for var in ("VGGPRUNE_PROFILE", "VGGPRUNE_RATES", "VGGPRUNE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(var, raising=False)
+    return pytester
+
+
+def test_help_lists_every_option_with_its_env_var(bench):
+    out = bench.runpytest("bench", "--help").stdout.str()
+    for flag, env in [("--profile", "VGGPRUNE_PROFILE"), ("--rates", "VGGPRUNE_RATES"),
+                      ("--methods", "VGGPRUNE_METHODS"), ("--scope", "VGGPRUNE_SCOPE"),
+                      ("--devices", "VGGPRUNE_DEVICES"), ("--batch-sizes", "VGGPRUNE_BATCH_SIZES"),
+                      ("--data-root", "VGGPRUNE_DATA_ROOT"), ("--download", "VGGPRUNE_DOWNLOAD"),
+                      ("--weights", "VGGPRUNE_WEIGHTS"), ("--latency-rounds", "VGGPRUNE_LATENCY_ROUNDS"),
+                      ("--latency-warmup", "VGGPRUNE_LATENCY_WARMUP"), ("--threads", "VGGPRUNE_THREADS"),
+                      ("--no-cache", "VGGPRUNE_NO_CACHE")]:
+        assert flag in out and env in out, flag
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rates", "0,1.5"], "--rates: '1.5' is not a rate in [0, 1)"),
+    (["--profile", "imagenet"], "--profile: unknown value 'imagenet'; allowed: quick, seed, imagefolder"),
+    (["--devices", "tpu"], "--devices: unknown value 'tpu'"),
+    (["--methods", "magic"], "--methods: unknown value magic; allowed: torch-pruning, by-hand"),
+])
+def test_bad_option_is_a_usage_error(bench, args, message):
+    result = bench.runpytest("bench", "--collect-only", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error; this machine has CUDA")
+def test_devices_cuda_without_cuda_is_a_usage_error(bench):
+    result = bench.runpytest("bench", "--collect-only", "--devices", "cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "CUDA was asked for but torch.cuda.is_available() is False" in result.stderr.str()
+
+
+def test_case_ids_are_readable_and_env_vars_work(bench, monkeypatch):
+    monkeypatch.setenv("VGGPRUNE_RATES", "0,0.3")
+    monkeypatch.setenv("VGGPRUNE_BATCH_SIZES", "64")
+    result = bench.runpytest("bench", "--collect-only", "-q", "--scope", "fc", "--devices", "cpu")
+    lines = [line.split("::")[-1] for line in result.stdout.lines if "::" in line]
+    assert lines == ["test_accuracy[quick-base-r0.00]", "test_inference[quick-base-r0.00-cpu-b64]",
+                     "test_accuracy[quick-torch-pruning-fc-r0.30]",
+                     "test_inference[quick-torch-pruning-fc-r0.30-cpu-b64]",
+                     "test_accuracy[quick-by-hand-fc-r0.30]", "test_inference[quick-by-hand-fc-r0.30-cpu-b64]"]
+
+
+def test_quick_run_writes_every_case_with_the_contract_fields(bench):
+    json_path = bench.path / "new-dir" / "run.json"  # the directory does not exist yet
+    result = bench.runpytest_subprocess("bench", *SMALL_RUN, f"--benchmark-json={json_path}")
+    result.assert_outcomes(passed=3 + 6)
+    run = json.loads(json_path.read_text())
+    assert not list(json_path.parent.glob(".*.tmp"))  # the temporary file was renamed into place
+    entries = {b["extra_info"]["case_id"]: b["extra_info"] for b in run["benchmarks"]}
+    assert sorted(entries) == sorted(f"quick-{m}-cpu-b{b}" for b in (1, 4)
+                                     for m in ("base-r0.00", "torch-pruning-fc-r0.50", "by-hand-fc-r0.50"))
+    for info in entries.values():
+        assert CONTRACT <= info.keys()
+        assert info["params"] == expected_params("small", 10, info["rate"], "fc")
+        assert 0.9 < info["accuracy"] <= 1 and info["latency_p50_ms"] > 0
+        assert info["latency_p50_ms"] <= info["latency_p90_ms"] <= info["latency_p99_ms"]
+        assert info["images_per_s"] == pytest.approx(info["batch_size"] / info["latency_p50_ms"] * 1e3, rel=1e-3)
+        assert info["threads"] == 1
+    versions = run["machine_info"]["vggprune"]
+    assert versions["torch"] == torch.__version__ and "torch_pruning" in versions and versions["threads"] == 1
+
+
+def test_threshold_above_measured_accuracy_fails_with_measured_vs_required(bench):
+    strict = bench.path / "strict.json"
+    strict.write_text(json.dumps({"quick": {"base_min_top1": 0.9999, "scopes": {}}}))
+    result = bench.runpytest_subprocess("bench", *SMALL_RUN, "--rates", "0", f"--thresholds={strict}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(failed=3)  # the accuracy gate and, before timing, both batch sizes
+    result.stdout.re_match_lines([r".*quick base-r0.00: top-1 0\.9\d+ < required 0\.9999.*"])
+
+
+def test_wrong_expected_param_count_fails_before_timing(bench):
+    table = json.loads((REPO / "bench" / "expected_params.json").read_text())
+    table["counts"]["small-10"]["fc"]["0.50"] += 1
+    wrong = bench.path / "wrong.json"
+    wrong.write_text(json.dumps(table))
+    result = bench.runpytest_subprocess("bench", *SMALL_RUN, "--methods", "by-hand", "--batch-sizes", "1",
+                             f"--expected-params={wrong}")
+    result.assert_outcomes(passed=3, failed=1)
+    n = expected_params("small", 10, 0.5, "fc")
+    result.stdout.fnmatch_lines([f"*quick-by-hand-fc-r0.50-cpu-b1: parameter count {n:,} != expected {n + 1:,}*"])
+
+
+@pytest.mark.slow
+def test_seed_profile_without_data_times_but_skips_accuracy_with_how_to(bench, tmp_path):
+    json_path = tmp_path / "seed.json"
+    result = bench.runpytest_subprocess("bench", "--profile", "seed", "--rates", "0", "--batch-sizes", "1",
+                             "--latency-rounds", "1", "--latency-warmup", "0", "--devices", "cpu",
+                             f"--data-root={tmp_path / 'no-flowers'}", "-rs", f"--benchmark-json={json_path}")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*accuracy not measured*--data-root*--download*"])
+    (info,) = [b["extra_info"] for b in json.loads(json_path.read_text())["benchmarks"]]
+    assert info["params"] == 132_970_942 and info["accuracy"] is None and "--download" in info["accuracy_reason"]
+    assert info["image_size"] == 224 and info["latency_p50_ms"] > 0
