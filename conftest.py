@@ -28,6 +28,7 @@ VALUE_OPTIONS = [
     ("--cache-dir", "VGGPRUNE_CACHE_DIR", "checkpoint cache (default $XDG_CACHE_HOME/vggprune)"),
     ("--latency-rounds", "VGGPRUNE_LATENCY_ROUNDS", "timed batches per case (default: the profile's)"),
     ("--latency-warmup", "VGGPRUNE_LATENCY_WARMUP", "untimed warm-up batches per case (default: the profile's)"),
+    ("--memory-format", "VGGPRUNE_MEMORY_FORMAT", "layout for timing: channels_last (default) | contiguous"),
     ("--threads", "VGGPRUNE_THREADS", "torch CPU threads, fixed for the run (default: cores available)"),
     ("--thresholds", "VGGPRUNE_THRESHOLDS", "accuracy gates file (default bench/thresholds.json)"),
     ("--expected-params", "VGGPRUNE_EXPECTED_PARAMS", "exact parameter counts file "

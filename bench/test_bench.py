@@ -28,7 +28,8 @@ def test_inference(benchmark, harness, case):
     assert accuracy_failure is None, f"not timed: {accuracy_failure}"
 
     model = harness.model_on(prepared, case.device)
-    batch = make_batch(case.batch_size, harness.profile.image_size, case.device)
+    batch = make_batch(case.batch_size, harness.profile.image_size, case.device,
+                       memory_format=harness.settings.memory_format)
     forward = timed_callable(model, batch)
     benchmark.extra_info.update(harness.extra_info(case, prepared))
     benchmark.pedantic(forward, rounds=harness.profile.latency_rounds,

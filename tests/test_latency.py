@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggprune.latency import make_batch, measure, summarize, timed_callable
+from vggprune.latency import make_batch, measure, prepare_for_inference, summarize, timed_callable
 
 
 class Spies:
@@ -83,6 +83,15 @@ def test_summarize_percentiles_and_throughput():
     assert summarize([], 8)["latency_p50_ms"] is None
 
 
-def test_make_batch_is_fixed_per_seed():
-    a, b = make_batch(2, 32, "cpu"), make_batch(2, 32, "cpu")
+def test_make_batch_is_fixed_per_seed_and_in_the_asked_layout():
+    a, b = make_batch(2, 32, "cpu"), make_batch(2, 32, "cpu", memory_format="channels_last")
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+    assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+
+
+def test_prepare_for_inference_copies_into_the_layout():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).train()
+    ready = prepare_for_inference(model, "cpu", "channels_last")
+    assert ready is not model and not ready.training and model.training
+    assert ready[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous()

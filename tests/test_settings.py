@@ -54,6 +54,7 @@ def test_auto_devices_follow_cuda_availability():
     ({"devices": "cuda"}, "--devices: CUDA was asked for but torch.cuda.is_available() is False"),
     ({"batch_sizes": "1,0"}, "--batch-sizes: '0' is not a positive integer"),
     ({"latency_rounds": "many"}, "--latency-rounds: 'many' is not a positive integer"),
+    ({"memory_format": "nhwc"}, "--memory-format: unknown value nhwc; allowed: channels_last, contiguous"),
     ({"weights": "/no/such/file.pth"}, "--weights: /no/such/file.pth does not exist"),
 ])
 def test_bad_values_name_the_value_and_what_is_allowed(raw, message):

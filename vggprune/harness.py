@@ -14,6 +14,7 @@ import torch
 
 from vggprune.counting import count_params_macs
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_params
+from vggprune.latency import prepare_for_inference
 from vggprune.settings import BASE, Case, ModelKey, RunSettings
 
 
@@ -87,10 +88,9 @@ class Harness:
         return self._current
 
     def model_on(self, prepared: PreparedModel, device: str) -> torch.nn.Module:
-        if device == "cpu":
-            return prepared.model
+        """The copy that is timed: on ``device``, in the run's memory format, made once per device."""
         if device not in prepared.on_device:
-            prepared.on_device[device] = _copy_to(prepared.model, device)
+            prepared.on_device[device] = prepare_for_inference(prepared.model, device, self.settings.memory_format)
         return prepared.on_device[device]
 
     # gates -----------------------------------------------------------------------------------
@@ -126,7 +126,8 @@ class Harness:
             "image_size": self.profile.image_size, "method": key.method, "scope": key.scope,
             "criterion": key.criterion, "round_to": key.round_to, "rate": key.rate,
             "device": case.device, "device_name": device_name(case.device), "batch_size": case.batch_size,
-            "dtype": "float32", "threads": torch.get_num_threads(),
+            "dtype": "float32", "memory_format": self.settings.memory_format,
+            "threads": torch.get_num_threads(),
             "params": prepared.params, "macs": prepared.macs,
             "base_params": base.params, "base_macs": base.macs,
             "theoretical_speedup": round(base.macs / prepared.macs, 4),
@@ -136,12 +137,3 @@ class Harness:
             "accuracy_reason": prepared.reason if prepared.top1 is None else None,
             "base_accuracy": base.top1,
         }
-
-
-def _copy_to(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    import copy
-
-    moved = copy.deepcopy(model).to(device)
-    if device == "cuda":
-        moved = moved.to(memory_format=torch.channels_last)
-    return moved.eval()

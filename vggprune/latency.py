@@ -13,15 +13,22 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
-def make_batch(batch_size: int, image_size: int, device: str | torch.device,
-               dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    """A fixed random batch (channels_last on CUDA, matching the model copies the harness makes)."""
+
+def make_batch(batch_size: int, image_size: int, device: str | torch.device, dtype: torch.dtype = torch.float32,
+               memory_format: str = "contiguous", seed: int = 0) -> torch.Tensor:
+    """A fixed random batch in the same memory layout as the model being timed."""
     gen = torch.Generator().manual_seed(seed)
     batch = torch.randn(batch_size, 3, image_size, image_size, generator=gen, dtype=dtype).to(device)
-    if batch.device.type == "cuda":
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return batch
+    return batch.contiguous(memory_format=MEMORY_FORMATS[memory_format])
+
+
+def prepare_for_inference(model: torch.nn.Module, device: str, memory_format: str) -> torch.nn.Module:
+    """An eval-mode copy on ``device`` in ``memory_format``; the original is left as it was."""
+    import copy
+
+    return copy.deepcopy(model).to(device=device, memory_format=MEMORY_FORMATS[memory_format]).eval()
 
 
 class TimedForward:
