@@ -9,6 +9,7 @@ pruning series (method · scope · criterion) starts at the unpruned base, so ev
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -152,6 +153,21 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
     return _save(fig, path)
 
 
+def _plain_log_labels(ax) -> None:
+    """Label a log y axis with plain numbers (0.4, 3, 60, not 4×10⁻¹), and label in-between ticks only
+    as far as they fit: all of them within a 3× range, 2-3-5 within 30×, none beyond."""
+    low, high = ax.get_ylim()
+    span = high / low if low > 0 else math.inf
+    digits = set(range(1, 10)) if span < 3 else {2, 3, 5} if span < 30 else set()
+
+    def minor(value: float, _pos) -> str:
+        lead = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+        return f"{value:g}" if lead in digits else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
 def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> Path | None:
     """p50 per batch on an accelerator and on its partner CPU for the same cases (log scale: the gap
     is often tens of times), one panel per batch size."""
@@ -175,7 +191,7 @@ def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> 
                 ax.plot([base[0]["params"] / 1e6], [base[0]["latency_p50_ms"]], marker="*", markersize=14,
                         color="black", linestyle="none", zorder=5)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        _plain_log_labels(ax)
         ax.set_title(f"batch size {bs}", fontsize=10)
         ax.set_xlabel("parameters (millions)")
         ax.set_ylabel("latency per batch, p50 (ms, log scale)")
