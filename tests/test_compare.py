@@ -84,6 +84,13 @@ def test_latency_ratio_and_no_latency(tmp_path, capsys):
     assert code == 0 and "latency not checked" in out
 
 
+def test_a_different_memory_format_is_noted(tmp_path, capsys):
+    path = candidate(tmp_path, edit_run=lambda d: [b["extra_info"].update(memory_format="contiguous")
+                                                   for b in d["benchmarks"]])
+    code, out, _ = run(capsys, CPU, path)
+    assert code == 0 and "cpu latency compares different memory formats: baseline 'channels_last'" in out
+
+
 def test_missing_latency_is_noted_not_judged(tmp_path, capsys):
     path = candidate(tmp_path, lambda e: e.update(latency_p50_ms=None))
     code, out, _ = run(capsys, CPU, path)

@@ -89,13 +89,15 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -
         b, c = base_cases[key], cand_cases[key]
         result.matched.append((b, c, _problems(b, c, tol)))
         if b["device_name"] != c["device_name"]:
-            hardware.add((b["device"], b["device_name"], c["device_name"]))
+            hardware.add((b["device"], f"hardware: baseline {b['device_name']!r}", f"candidate {c['device_name']!r}"))
+        if b.get("memory_format") != c.get("memory_format"):
+            hardware.add((b["device"], f"memory formats: baseline {b.get('memory_format')!r}",
+                          f"candidate {c.get('memory_format')!r}"))
         untimed += not (b["latency_p50_ms"] and c["latency_p50_ms"] is not None)
     result.only_baseline = [base_cases[k] for k in base_cases if k not in cand_cases]
     result.only_candidate = [cand_cases[k] for k in cand_cases if k not in base_cases]
-    for device, bname, cname in sorted(hardware):
-        result.notes.append(f"{device} latency compares different hardware: baseline {bname!r}, "
-                            f"candidate {cname!r}")
+    for device, before, after in sorted(hardware):
+        result.notes.append(f"{device} latency compares different {before}, {after}")
     if not tol.check_latency:
         result.notes.append("latency not checked (--no-latency)")
     elif untimed:

@@ -248,6 +248,7 @@ def build_rows(cases: Sequence[Case]) -> list[Row]:
             **{k: c[k] for k in KEY_FIELDS},
             "rate": round(float(c["rate"]), 6),
             "device_label": c["device_label"], "device_name": c["device_name"], "dtype": c["dtype"],
+            "memory_format": c.get("memory_format"),  # recorded by the harness, not a contract field
             "threads": c["threads"], "params": c["params"], "base_params": c["base_params"],
             "params_pct": 100.0 * c["params"] / c["base_params"], "macs": c["macs"],
             "base_macs": c["base_macs"], "theoretical_speedup": theoretical,
@@ -367,11 +368,13 @@ def devices_table(runs: Sequence[Run], rows: Sequence[Row]) -> Table:
         info = next(run.machine_info for run in runs if run.path == r["source"])
         versions = info.get("vggprune") if isinstance(info.get("vggprune"), dict) else {}
         lines.append([r["device_label"], str(r["device_name"]), r["node"], str(r["threads"]), r["dtype"],
+                      str(r["memory_format"] or "?"),
                       str(versions.get("torch", "?")), str(versions.get("torch_pruning", "?")),
                       Path(r["source"]).name])
     order = device_order((r["device_label"] for r in rows), rows)
     lines.sort(key=lambda line: order.index(line[0]))
-    headers = ["device", "name", "machine", "threads", "dtype", "torch", "torch-pruning", "run file"]
+    headers = ["device", "name", "machine", "threads", "dtype", "memory format", "torch", "torch-pruning",
+               "run file"]
     return Table(title="Devices", headers=headers, rows=lines, numeric=[False] * len(headers))
 
 
@@ -399,8 +402,8 @@ def render_text(runs: Sequence[Run], rows: Sequence[Row], fmt: str = "github") -
 
 
 CSV_FIELDS: tuple[str, ...] = (
-    *KEY_FIELDS, "device_label", "device_name", "dtype", "threads", "params", "base_params", "params_pct",
-    "macs", "base_macs", "theoretical_speedup", "accuracy", "top5", "accuracy_reason", "latency_p50_ms",
+    *KEY_FIELDS, "device_label", "device_name", "dtype", "memory_format", "threads", "params", "base_params",
+    "params_pct", "macs", "base_macs", "theoretical_speedup", "accuracy", "top5", "accuracy_reason", "latency_p50_ms",
     "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "images_per_s", "gpu_time_p50_ms",
     "measured_speedup", "speedup_ratio", "vs_cpu_device", "vs_cpu_speedup", "case_id", "node", "source",
 )
