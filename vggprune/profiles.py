@@ -35,6 +35,7 @@ class Profile:
     lr: float = 0.01
     finetune_lr: float = 0.005
     momentum: float = 0.9
+    schedule: str = "cosine"  # per-step learning-rate schedule: cosine | onecycle (warm-up, then anneal)
     weight_decay: float = 5e-4
     train_batch_size: int = 32
     eval_batch_size: int = 64
@@ -54,8 +55,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", dataset="digits", model="small", num_classes=10, image_size=32,
         scopes=("fc", "conv"), batch_sizes=(1, 64), latency_rounds=30, latency_warmup=5,
-        base_epochs=12, finetune_epochs=3, lr=0.05, finetune_lr=0.01, train_batch_size=64,
-        eval_batch_size=256,
+        base_epochs=20, finetune_epochs=3, lr=0.05, finetune_lr=0.01, train_batch_size=64,
+        eval_batch_size=256, schedule="onecycle",
     ),
     # The student study: seed VGG11 on Flowers102 from ImageNet weights, FC pruning 0–50 %.
     "seed": Profile(

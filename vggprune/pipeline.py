@@ -1,0 +1,249 @@
+"""Profile → data + base model → prune → fine-tune → evaluate, with every trained model cached.
+
+:class:`Pipeline` is what the benchmark harness and the ``train``/``evaluate`` commands call. The base
+model is trained once per profile (disk cache, and memoised in-process); each pruned case starts from
+the base weights, is pruned, then fine-tuned for the profile's ``finetune_epochs`` (0 = one-shot),
+and the weights picked on val are scored on test. When the data is missing the pipeline still hands
+out usable models (ImageNet weights, a ``--weights`` file, or a seeded random init) with accuracy
+``None`` and the reason, so parameter and latency measurements can go ahead without data.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vggprune.cache import NO_CACHE_ENV, CheckpointCache, library_versions
+from vggprune.data import (
+    DOWNLOAD_ENV,
+    SPLITS,
+    DataBundle,
+    check_dataset,
+    describe,
+    download_flowers102,
+    env_flag,
+    load_data,
+)
+from vggprune.errors import UserError
+from vggprune.models import VGG11, VGGSpec, spec_for
+from vggprune.profiles import Profile
+from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
+from vggprune.pruning.plan import check_choice, check_round_to
+from vggprune.train import evaluate, fit, resolve_device
+from vggprune.weights import InitSource, build_initial_model, resolve_init, resolve_weights_path
+
+# Without data nor a class count (imagefolder profile, no folder), the head gets ImageNet's 1000
+# classes, so the torchvision variant is exactly torchvision's vgg11_bn and can still be timed.
+FALLBACK_NUM_CLASSES = 1000
+# Settings that only affect fine-tuning: left out of the base model's key so that changing them
+# does not retrain the base.
+_FINETUNE_ONLY = ("finetune_epochs", "finetune_lr")
+
+
+@dataclass
+class CaseResult:
+    """One trained (or, without data, untrained) model and how good it is."""
+
+    model: VGG11  # on CPU, eval mode; the caller's own copy
+    top1: float | None  # test split; None when it could not be measured (see reason)
+    top5: float | None
+    reason: str | None  # why top1 is None
+    checkpoint: Path | None  # the cache file holding these weights, if any
+    seconds: float  # time spent building it in this process (loading it, on a cache hit)
+    from_cache: bool
+    info: dict[str, Any] = field(default_factory=dict)  # val accuracy, picked epoch, starting weights…
+
+
+class Pipeline:
+    """Trains, prunes, fine-tunes and evaluates the cases of one profile; see the module docstring.
+
+    ``data_root``, ``weights`` and ``cache_dir`` default to ``VGGPRUNE_DATA_ROOT``,
+    ``VGGPRUNE_WEIGHTS`` and ``VGGPRUNE_CACHE_DIR``; ``download`` and ``use_cache`` are also switched by
+    ``VGGPRUNE_DOWNLOAD=1`` and ``VGGPRUNE_NO_CACHE=1``. ``progress`` None = bars only on a terminal
+    outside CI. ``device`` None = CUDA when available (training only; results are returned on CPU).
+    """
+
+    def __init__(self, profile: Profile, data_root: str | os.PathLike | None = None, download: bool = False,
+                 weights: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 use_cache: bool = True, progress: bool | None = None, device: str | None = None) -> None:
+        self.profile = profile
+        check_dataset(profile.dataset)
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.data_root = data_root
+        self.weights_path = resolve_weights_path(weights)
+        self.cache = CheckpointCache(cache_dir, enabled=use_cache and not env_flag(NO_CACHE_ENV))
+        self.info = describe(profile.dataset, data_root)
+        if self.info.missing and profile.dataset == "flowers102" and (download or env_flag(DOWNLOAD_ENV)):
+            failure = download_flowers102(data_root)
+            self.info = describe(profile.dataset, data_root) if failure is None else replace(
+                self.info, missing=failure)
+        found = self.info.num_classes
+        if profile.num_classes is not None and found is not None and found != profile.num_classes:
+            raise UserError(f"dataset {profile.dataset} has {found} classes but profile {profile.name}'s "
+                            f"model expects {profile.num_classes}")
+        self.num_classes: int = profile.num_classes or found or FALLBACK_NUM_CLASSES
+        self.spec: VGGSpec = spec_for(profile.model, self.num_classes)
+        self._data: DataBundle | None = None
+        self._init: InitSource | None = None
+        self._base: CaseResult | None = None
+
+    @property
+    def data_missing_reason(self) -> str | None:
+        """None when the data is usable, else one line: what is missing and how to provide it."""
+        return self.info.missing
+
+    # --- public -----------------------------------------------------------------------------------
+    def base(self) -> CaseResult:
+        """The unpruned model, trained once (cached on disk and in this process); a fresh copy per call."""
+        result = self._base_result()
+        return replace(result, model=copy.deepcopy(result.model))
+
+    def case(self, method: str, scope: str, rate: float, criterion: str = "l2", round_to: int = 1) -> CaseResult:
+        """The base model pruned at ``rate`` and fine-tuned; rate 0 is the base result itself."""
+        rate = self._check_case(method, scope, rate, criterion, round_to)
+        if rate == 0.0:
+            return self.base()
+        label = f"{self.profile.name}-{self.profile.model}-{method}-{scope}-{criterion}-r{rate:g}"
+        if self.data_missing_reason:
+            base = self._base_result()
+            t0 = time.perf_counter()
+            model = self._prune(base.model, method, scope, rate, criterion, round_to)
+            return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
+                              False, {**base.info, "finetune_epochs": 0})
+        key = self.case_key(method, scope, rate, criterion, round_to)
+        t0 = time.perf_counter()
+        hit = self._from_cache(key, label, t0)
+        if hit:
+            return hit
+        base = self._base_result()
+        t0 = time.perf_counter()
+        with self.cache.lock(key, label):
+            hit = self._from_cache(key, label, t0)  # built meanwhile by a concurrent run?
+            if hit:
+                return hit
+            model = self._prune(base.model, method, scope, rate, criterion, round_to)
+            return self._train_and_store(model, key, label, t0, epochs=self.profile.finetune_epochs,
+                                         lr=self.profile.finetune_lr, initial_is_candidate=True,
+                                         info={**base.info, "method": method, "scope": scope, "rate": rate,
+                                               "criterion": criterion, "round_to": round_to})
+
+    def cached(self, method: str, scope: str, rate: float, criterion: str = "l2",
+               round_to: int = 1) -> CaseResult | None:
+        """The case from the disk cache only (None if it was never trained with these settings)."""
+        rate = self._check_case(method, scope, rate, criterion, round_to)
+        if self.data_missing_reason:
+            return None
+        if rate == 0.0:
+            key, label = self.base_key(), self._base_label()
+        else:
+            key = self.case_key(method, scope, rate, criterion, round_to)
+            label = f"{self.profile.name}-{self.profile.model}-{method}-{scope}-{criterion}-r{rate:g}"
+        return self._from_cache(key, label, time.perf_counter())
+
+    def evaluate(self, model: VGG11, split: str = "test") -> tuple[float, float]:
+        """(top-1, top-5) of any of our models on one split of this profile's data."""
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        if model.spec.num_classes != self.num_classes:
+            raise UserError(f"the model has {model.spec.num_classes} outputs but dataset {self.profile.dataset} "
+                            f"has {self.num_classes} classes")
+        top1, top5, _ = evaluate(model, self.data().loader(split), self.device, self.progress,
+                                 desc=f"{self.profile.name} {split}")
+        model.to("cpu")
+        return top1, top5
+
+    def data(self) -> DataBundle:
+        """The loaders (built on first use; raises a UserError saying what is missing)."""
+        if self._data is None:
+            p = self.profile
+            self._data = load_data(p.dataset, self.data_root, image_size=p.image_size,
+                                   batch_size=p.train_batch_size, eval_batch_size=p.eval_batch_size,
+                                   seed=p.seed, info=self.info)
+        return self._data
+
+    def init_source(self) -> InitSource:
+        """Where the base model's starting weights come from (resolved once: may try a download)."""
+        if self._init is None:
+            self._init = resolve_init(self.profile.model, self.weights_path, seed=self.profile.seed)
+        return self._init
+
+    def base_key(self) -> dict[str, Any]:
+        """Everything that determines the trained base weights."""
+        training = {k: v for k, v in self.profile.training_key().items() if k not in _FINETUNE_ONLY}
+        return {"layout": "base", "training": training, "spec": self.spec.to_dict(), "data": self.info.identity,
+                "init": self.init_source().identity, "device": self.device.type, "versions": library_versions()}
+
+    def case_key(self, method: str, scope: str, rate: float, criterion: str = "l2",
+                 round_to: int = 1) -> dict[str, Any]:
+        """Everything that determines a pruned, fine-tuned case's weights (the base key included)."""
+        return {"layout": "case", "base": self.base_key(), "training": self.profile.training_key(),
+                "method": method, "scope": scope, "rate": rate, "criterion": criterion, "round_to": round_to}
+
+    # --- internals --------------------------------------------------------------------------------
+    def _check_case(self, method: str, scope: str, rate: float, criterion: str, round_to: int) -> float:
+        check_choice("method", method, METHODS)
+        check_choice("scope", scope, SCOPES)
+        check_choice("criterion", criterion, CRITERIA)
+        check_round_to(round_to)
+        return check_rate(rate)
+
+    def _prune(self, base: VGG11, method: str, scope: str, rate: float, criterion: str, round_to: int) -> VGG11:
+        return prune(base, rate, method=method, scope=scope, criterion=criterion, round_to=round_to,
+                     seed=self.profile.seed).eval()
+
+    def _base_label(self) -> str:
+        return f"{self.profile.name}-{self.profile.model}-base"
+
+    def _base_result(self) -> CaseResult:
+        if self._base is None:
+            self._base = self._build_base()
+        return self._base
+
+    def _build_base(self) -> CaseResult:
+        t0 = time.perf_counter()
+        init = self.init_source()
+        info = {"init": init.kind, "init_note": init.note}
+        if self.data_missing_reason:
+            model = build_initial_model(self.spec, init, seed=self.profile.seed)
+            return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
+                              False, info)
+        key, label = self.base_key(), self._base_label()
+        hit = self._from_cache(key, label, t0)
+        if hit:
+            return hit
+        with self.cache.lock(key, label):
+            hit = self._from_cache(key, label, t0)
+            if hit:
+                return hit
+            model = build_initial_model(self.spec, init, seed=self.profile.seed)
+            return self._train_and_store(model, key, label, t0, epochs=self.profile.base_epochs,
+                                         lr=self.profile.lr, initial_is_candidate=False, info=info)
+
+    def _from_cache(self, key: dict[str, Any], label: str, t0: float) -> CaseResult | None:
+        entry = self.cache.load(key, label)
+        if entry is None:
+            return None
+        info = {k: v for k, v in entry.extra.items() if k not in ("cache_key", "top1", "top5")}
+        return CaseResult(entry.model, entry.extra["top1"], entry.extra["top5"], None, entry.path,
+                          time.perf_counter() - t0, True, info)
+
+    def _train_and_store(self, model: VGG11, key: dict[str, Any], label: str, t0: float, *, epochs: int,
+                         lr: float, initial_is_candidate: bool, info: dict[str, Any]) -> CaseResult:
+        p, data = self.profile, self.data()
+        if model.spec.num_classes != data.num_classes:
+            raise UserError(f"the model has {model.spec.num_classes} outputs but dataset {p.dataset} has "
+                            f"{data.num_classes} classes")
+        fitted = fit(model, data.train, data.val, epochs=epochs, lr=lr, momentum=p.momentum,
+                     weight_decay=p.weight_decay, schedule=p.schedule, seed=p.seed, device=self.device,
+                     progress=self.progress, desc=label, initial_is_candidate=initial_is_candidate)
+        top1, top5, _ = evaluate(model, data.test, self.device)
+        model.to("cpu").eval()
+        info = {**info, "val_top1": fitted.best_val_top1, "best_epoch": fitted.best_epoch, "epochs": epochs,
+                "train_seconds": time.perf_counter() - t0}
+        path = self.cache.store(key, label, model, {**info, "top1": top1, "top5": top5})
+        return CaseResult(model, top1, top5, None, path, time.perf_counter() - t0, False, info)
