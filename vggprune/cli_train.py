@@ -1,5 +1,121 @@
-"""`vggprune train` / `vggprune evaluate` (issue #3): registered here once implemented."""
+"""`vggprune train` / `vggprune evaluate`: one case (profile, method, scope, rate) at a time.
+
+``train`` builds the case through the checkpoint cache (training the base model first if needed)
+and prints its test accuracy and where the checkpoint is. ``evaluate`` measures a checkpoint that
+already exists (the cached case, or any saved model given with ``--checkpoint``) without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from vggprune.errors import UserError
+from vggprune.profiles import PROFILE_NAMES, get_profile
+from vggprune.pruning import CRITERIA, METHODS, SCOPES
 
 
-def register(sub) -> None:  # filled in by the data/training work
-    pass
+def _add_case_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", help=f"{' | '.join(PROFILE_NAMES)} (default quick)")
+    p.add_argument("--method", default="torch-pruning", help=f"{' | '.join(METHODS)} (default torch-pruning)")
+    p.add_argument("--scope", default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
+    p.add_argument("--rate", type=float, default=0.0, help="fraction of units to remove, in [0, 1) (default 0)")
+    p.add_argument("--criterion", default="l2", help=f"{' | '.join(CRITERIA)} (default l2)")
+    p.add_argument("--round-to", type=int, default=1, help="round kept widths down to a multiple (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help="fine-tuning epochs after pruning, 0 = one-shot (default: the profile's)")
+    p.add_argument("--data-root", default=None, help="where the data lives (env VGGPRUNE_DATA_ROOT)")
+    p.add_argument("--download", action="store_true", help="download Flowers102 if missing (env VGGPRUNE_DOWNLOAD=1)")
+    p.add_argument("--weights", default=None, help="starting weights file for the base model (env VGGPRUNE_WEIGHTS)")
+    p.add_argument("--cache-dir", default=None,
+                   help="checkpoint cache (env VGGPRUNE_CACHE_DIR; default $XDG_CACHE_HOME/vggprune)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (env VGGPRUNE_NO_CACHE=1)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="always show progress bars (default: only on a terminal outside CI)")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show them")
+
+
+def _pipeline(args: argparse.Namespace):
+    from vggprune.pipeline import Pipeline
+
+    try:
+        profile = get_profile(args.profile)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    changes = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.finetune_epochs is not None:
+        if args.finetune_epochs < 0:
+            raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+        changes["finetune_epochs"] = args.finetune_epochs
+    profile = dataclasses.replace(profile, **changes)
+    pipe = Pipeline(profile, data_root=args.data_root, download=args.download, weights=args.weights,
+                    cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=args.progress,
+                    device=args.device)
+    if pipe.data_missing_reason:  # the harness carries on without data; a command asked for accuracy
+        raise UserError(pipe.data_missing_reason)
+    return pipe
+
+
+def _case_name(args: argparse.Namespace) -> str:
+    if args.rate == 0:
+        return f"{args.profile}, unpruned"
+    return f"{args.profile}, {args.method} {args.scope} {args.criterion} rate {args.rate:g}"
+
+
+def _print_accuracy(name: str, split: str, top1: float, top5: float) -> None:
+    print(f"{name}: {split} top-1 {top1:.4f}, top-5 {top5:.4f}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vggprune.checkpoint import save_model
+
+    pipe = _pipeline(args)
+    res = pipe.case(args.method, args.scope, args.rate, criterion=args.criterion, round_to=args.round_to)
+    assert res.top1 is not None and res.top5 is not None  # data present, so measured
+    _print_accuracy(_case_name(args), "test", res.top1, res.top5)
+    how = f"loaded from cache in {res.seconds:.1f} s" if res.from_cache else f"built in {res.seconds:.1f} s"
+    if res.checkpoint:
+        print(f"checkpoint: {res.checkpoint} ({how})")
+    elif not args.out:
+        print(f"checkpoint: not saved ({how}; cache off: use --out PATH to keep the weights)")
+    if args.out:
+        print(f"saved a copy: {save_model(res.model, args.out, extra=res.info)}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from vggprune.checkpoint import load_model
+
+    pipe = _pipeline(args)
+    if args.checkpoint:
+        model, _ = load_model(args.checkpoint)
+        source, name = args.checkpoint, f"{args.profile}, {args.checkpoint}"
+    else:
+        res = pipe.cached(args.method, args.scope, args.rate, criterion=args.criterion, round_to=args.round_to)
+        if res is None:
+            where = f"none in {pipe.cache.root}" if pipe.cache.enabled else "the cache is off"
+            raise UserError(f"no trained checkpoint for {_case_name(args)} ({where}); run `vggprune train` "
+                            f"with the same options first, or pass --checkpoint PATH")
+        model, source, name = res.model, res.checkpoint, _case_name(args)
+    top1, top5 = pipe.evaluate(model, args.split)
+    _print_accuracy(name, args.split, top1, top5)
+    print(f"checkpoint: {source}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train (or fetch from the cache) one case and print its test accuracy")
+    _add_case_options(p)
+    p.add_argument("--out", default=None, help="also save the trained model here (.pt)")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a cached case, or --checkpoint PATH, on the profile's data")
+    _add_case_options(p)
+    p.add_argument("--checkpoint", default=None, help="a saved vggprune model to evaluate instead of the cached case")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="which split (default test)")
+    p.set_defaults(func=run_evaluate)
