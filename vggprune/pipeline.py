@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -108,29 +109,25 @@ class Pipeline:
         rate = self._check_case(method, scope, rate, criterion, round_to)
         if rate == 0.0:
             return self.base()
-        label = f"{self.profile.name}-{self.profile.model}-{method}-{scope}-{criterion}-r{rate:g}"
+        label = self._case_label(method, scope, rate, criterion)
         if self.data_missing_reason:
             base = self._base_result()
             t0 = time.perf_counter()
             model = self._prune(base.model, method, scope, rate, criterion, round_to)
             return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
-                              False, {**base.info, "finetune_epochs": 0})
-        key = self.case_key(method, scope, rate, criterion, round_to)
-        t0 = time.perf_counter()
-        hit = self._from_cache(key, label, t0)
-        if hit:
-            return hit
-        base = self._base_result()
-        t0 = time.perf_counter()
-        with self.cache.lock(key, label):
-            hit = self._from_cache(key, label, t0)  # built meanwhile by a concurrent run?
-            if hit:
-                return hit
+                              False, {**self._init_info(), "epochs": 0})
+
+        def build() -> CaseResult:
+            base = self._base_result()  # trained (or loaded) first, outside this case's time
+            t0 = time.perf_counter()
             model = self._prune(base.model, method, scope, rate, criterion, round_to)
             return self._train_and_store(model, key, label, t0, epochs=self.profile.finetune_epochs,
                                          lr=self.profile.finetune_lr, initial_is_candidate=True,
-                                         info={**base.info, "method": method, "scope": scope, "rate": rate,
-                                               "criterion": criterion, "round_to": round_to})
+                                         info={**self._init_info(), "method": method, "scope": scope,
+                                               "rate": rate, "criterion": criterion, "round_to": round_to})
+
+        key = self.case_key(method, scope, rate, criterion, round_to)
+        return self._cached_or_built(key, label, build)
 
     def cached(self, method: str, scope: str, rate: float, criterion: str = "l2",
                round_to: int = 1) -> CaseResult | None:
@@ -142,7 +139,7 @@ class Pipeline:
             key, label = self.base_key(), self._base_label()
         else:
             key = self.case_key(method, scope, rate, criterion, round_to)
-            label = f"{self.profile.name}-{self.profile.model}-{method}-{scope}-{criterion}-r{rate:g}"
+            label = self._case_label(method, scope, rate, criterion)
         return self._from_cache(key, label, time.perf_counter())
 
     def evaluate(self, model: VGG11, split: str = "test") -> tuple[float, float]:
@@ -199,30 +196,41 @@ class Pipeline:
     def _base_label(self) -> str:
         return f"{self.profile.name}-{self.profile.model}-base"
 
+    def _case_label(self, method: str, scope: str, rate: float, criterion: str) -> str:
+        return f"{self.profile.name}-{self.profile.model}-{method}-{scope}-{criterion}-r{rate:g}"
+
+    def _init_info(self) -> dict[str, Any]:
+        init = self.init_source()
+        return {"init": init.kind, "init_note": init.note}
+
     def _base_result(self) -> CaseResult:
         if self._base is None:
             self._base = self._build_base()
         return self._base
 
     def _build_base(self) -> CaseResult:
-        t0 = time.perf_counter()
-        init = self.init_source()
-        info = {"init": init.kind, "init_note": init.note}
         if self.data_missing_reason:
-            model = build_initial_model(self.spec, init, seed=self.profile.seed)
+            t0 = time.perf_counter()
+            model = build_initial_model(self.spec, self.init_source(), seed=self.profile.seed)
             return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
-                              False, info)
+                              False, self._init_info())
+
+        def build() -> CaseResult:
+            t0 = time.perf_counter()
+            model = build_initial_model(self.spec, self.init_source(), seed=self.profile.seed)
+            return self._train_and_store(model, key, label, t0, epochs=self.profile.base_epochs,
+                                         lr=self.profile.lr, initial_is_candidate=False, info=self._init_info())
+
         key, label = self.base_key(), self._base_label()
-        hit = self._from_cache(key, label, t0)
+        return self._cached_or_built(key, label, build)
+
+    def _cached_or_built(self, key: dict[str, Any], label: str, build: Callable[[], CaseResult]) -> CaseResult:
+        """A cache hit, else ``build()`` under the entry's lock (re-checking: a concurrent run may have built it)."""
+        hit = self._from_cache(key, label, time.perf_counter())
         if hit:
             return hit
         with self.cache.lock(key, label):
-            hit = self._from_cache(key, label, t0)
-            if hit:
-                return hit
-            model = build_initial_model(self.spec, init, seed=self.profile.seed)
-            return self._train_and_store(model, key, label, t0, epochs=self.profile.base_epochs,
-                                         lr=self.profile.lr, initial_is_candidate=False, info=info)
+            return self._from_cache(key, label, time.perf_counter()) or build()
 
     def _from_cache(self, key: dict[str, Any], label: str, t0: float) -> CaseResult | None:
         entry = self.cache.load(key, label)
@@ -235,9 +243,6 @@ class Pipeline:
     def _train_and_store(self, model: VGG11, key: dict[str, Any], label: str, t0: float, *, epochs: int,
                          lr: float, initial_is_candidate: bool, info: dict[str, Any]) -> CaseResult:
         p, data = self.profile, self.data()
-        if model.spec.num_classes != data.num_classes:
-            raise UserError(f"the model has {model.spec.num_classes} outputs but dataset {p.dataset} has "
-                            f"{data.num_classes} classes")
         fitted = fit(model, data.train, data.val, epochs=epochs, lr=lr, momentum=p.momentum,
                      weight_decay=p.weight_decay, schedule=p.schedule, seed=p.seed, device=self.device,
                      progress=self.progress, desc=label, initial_is_candidate=initial_is_candidate)

@@ -13,12 +13,16 @@ import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from vggprune.errors import UserError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -65,7 +69,7 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
-def _progress_bar(total: int, desc: str, enabled: bool) -> object:
+def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -82,9 +86,12 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int])
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
              progress: bool | None = False, desc: str = "eval") -> tuple[float, float, float]:
-    """(top-1, top-5, mean cross-entropy) of ``model`` on ``loader``; the model is left in eval mode."""
+    """(top-1, top-5, mean cross-entropy) of ``model`` on ``loader``.
+
+    The model is moved to ``device`` and left there, in eval mode (callers that hand it on move it back).
+    """
     dev = resolve_device(device)
-    model.eval()
+    model.to(dev).eval()
     n = c1 = c5 = 0
     loss_sum = 0.0
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda")
@@ -97,9 +104,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | 
             loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             a, b = topk_correct(logits, y, (1, 5))
             c1, c5, n = c1 + a, c5 + b, n + len(y)
-            bar.update(1)  # type: ignore[attr-defined]
+            bar.update(1)
     finally:
-        bar.close()  # type: ignore[attr-defined]
+        bar.close()
     if n == 0:
         raise UserError("cannot evaluate on an empty split")
     return c1 / n, c5 / n, loss_sum / n
@@ -190,8 +197,8 @@ def _train_epochs(model: nn.Module, loader: DataLoader, epochs: int, lr: float, 
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                bar.update(1)  # type: ignore[attr-defined]
-                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)  # type: ignore[attr-defined]
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)
             after_epoch(epoch)
     finally:
-        bar.close()  # type: ignore[attr-defined]
+        bar.close()
