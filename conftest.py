@@ -35,7 +35,7 @@ VALUE_OPTIONS = [
                                                       "(default bench/expected_params.json)"),
 ]
 FLAG_OPTIONS = [
-    ("--download", "VGGPRUNE_DOWNLOAD", "download Flowers102 (and ImageNet weights) if missing"),
+    ("--download", "VGGPRUNE_DOWNLOAD", "download Flowers102 if it is missing under --data-root"),
     ("--no-cache", "VGGPRUNE_NO_CACHE", "neither read nor write the checkpoint cache"),
 ]
 
