@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from vggprune.atomic import write_atomic
 from vggprune.cli import main
 from vggprune.errors import UserError
-from vggprune.report import CSV_FIELDS, load_rows, load_run, render, summary_tables, write_atomic
+from vggprune.report import CSV_FIELDS, load_rows, load_run, render, summary_tables
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CPU = FIXTURES / "run_cpu.json"

@@ -24,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from vggprune.report import BASE_METHOD, Row, device_order, write_atomic  # noqa: E402
+from vggprune.atomic import write_atomic  # noqa: E402
+from vggprune.report import BASE_METHOD, Row, device_order  # noqa: E402
 
 _COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
             "tab:olive", "tab:cyan", "tab:gray"]

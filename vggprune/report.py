@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from vggprune.atomic import write_atomic
 from vggprune.errors import UserError
 
 # What the harness writes into every benchmark's extra_info (the results contract).
@@ -438,21 +438,6 @@ def render(runs: Sequence[Run], rows: Sequence[Row], fmt: str) -> str:
 
 
 # ---------------------------------------------------------------- output
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write to a temporary file beside ``path`` and rename, so a reader never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def write_summaries(runs: Sequence[Run], rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
     """summary.md, summary.csv and summary.json in ``out_dir``."""
