@@ -49,7 +49,7 @@ def test_help_lists_every_option_with_its_env_var(bench):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rates", "0,1.5"], "--rates: '1.5' is not a rate in [0, 1)"),
+    (["--rates", "0,1.5"], "--rates: rate must be a number in [0, 1), got 1.5"),
     (["--profile", "imagenet"], "--profile: unknown value 'imagenet'; allowed: quick, seed, imagefolder"),
     (["--devices", "tpu"], "--devices: unknown value 'tpu'"),
     (["--methods", "magic"], "--methods: unknown value magic; allowed: torch-pruning, by-hand"),

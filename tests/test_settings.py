@@ -46,8 +46,8 @@ def test_auto_devices_follow_cuda_availability():
 
 @pytest.mark.parametrize("raw, message", [
     ({"profile": "imagenet"}, "--profile: unknown value 'imagenet'; allowed: quick, seed, imagefolder"),
-    ({"rates": "0,1.5"}, "--rates: '1.5' is not a rate in [0, 1)"),
-    ({"rates": "0,x"}, "--rates: 'x' is not a rate in [0, 1)"),
+    ({"rates": "0,1.5"}, "--rates: rate must be a number in [0, 1), got 1.5"),
+    ({"rates": "0,x"}, "--rates: rate must be a number in [0, 1), got 'x'"),
     ({"methods": "by-hand,nni"}, "--methods: unknown value nni; allowed: torch-pruning, by-hand"),
     ({"scope": "head"}, "--scope: unknown value head; allowed: fc, conv, all"),
     ({"devices": "tpu"}, "--devices: unknown value 'tpu'; allowed: auto, cpu, cuda, cpu,cuda"),

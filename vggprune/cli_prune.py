@@ -7,24 +7,8 @@ import json
 
 from tabulate import tabulate
 
-from vggprune.errors import UserError
 from vggprune.models import VARIANTS, build_vgg11
-from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
-
-
-def parse_rates(text: str) -> list[float]:
-    """``"0,0.1,0.5"`` → ``[0.0, 0.1, 0.5]``, each checked against the rule's range."""
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise UserError(f"--rates needs a comma-separated list of numbers in [0, 1), got {text!r}")
-    rates = []
-    for item in items:
-        try:
-            value = float(item)
-        except ValueError:
-            raise UserError(f"rate must be a number in [0, 1), got {item!r}") from None
-        rates.append(check_rate(value))
-    return rates
+from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, parse_rates, prune
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:

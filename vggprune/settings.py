@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vggprune.errors import UserError
 from vggprune.profiles import PROFILE_NAMES, Profile, get_profile
-from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate
+from vggprune.pruning import CRITERIA, METHODS, SCOPES, parse_rates
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cpu,cuda")
 # channels_last by default: oneDNN and cuDNN run VGG convs fastest in NHWC (measured in the README).
@@ -118,13 +118,10 @@ def _positive_ints(option: str, text: str, allow_zero: bool = False) -> tuple[in
 
 
 def _rates(text: str) -> tuple[float, ...]:
-    rates = []
-    for item in _split(text) or [text]:
-        try:
-            rates.append(check_rate(float(item)))
-        except (ValueError, TypeError):
-            raise UserError(f"--rates: {item!r} is not a rate in [0, 1)") from None
-    return tuple(sorted(set(rates)))
+    try:
+        return tuple(sorted(set(parse_rates(text))))
+    except UserError as exc:
+        raise UserError(f"--rates: {exc}") from None
 
 
 def resolve_devices(text: str, cuda_available: bool) -> tuple[str, ...]:

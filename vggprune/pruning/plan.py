@@ -37,6 +37,21 @@ def check_rate(rate: object) -> float:
     return rate
 
 
+def parse_rates(text: str) -> list[float]:
+    """``"0,0.1,0.5"`` → ``[0.0, 0.1, 0.5]``, each checked by :func:`check_rate` (order kept)."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise UserError(f"expected a comma-separated list of rates in [0, 1), got {text!r}")
+    rates = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserError(f"rate must be a number in [0, 1), got {item!r}") from None
+        rates.append(check_rate(value))
+    return rates
+
+
 def check_choice(kind: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise UserError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
