@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -130,3 +131,65 @@ def test_seed_profile_without_data_times_but_skips_accuracy_with_how_to(bench, t
     (info,) = [b["extra_info"] for b in json.loads(json_path.read_text())["benchmarks"]]
     assert info["params"] == 132_970_942 and info["accuracy"] is None and "--download" in info["accuracy_reason"]
     assert info["image_size"] == 224 and info["latency_p50_ms"] > 0
+
+
+# A pytest plugin that makes this CPU-only machine look like it has CUDA: torch.cuda's events and
+# synchronize become spies that log, tensors stay on the CPU, and the timed callables take their
+# CUDA branch. It lets the harness's whole CUDA path run here and shows where the sync happens.
+FAKE_CUDA_PLUGIN = '''
+import json, os
+import torch
+import vggprune.latency as latency
+import vggprune.pipeline as pipeline
+
+LOG = []
+
+class Event:
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+    def record(self):
+        LOG.append("record")
+    def elapsed_time(self, end):
+        return 1.5
+
+torch.cuda.is_available = lambda: True
+torch.cuda.get_device_name = lambda index=0: "Fake GPU"
+torch.cuda.Event = Event
+torch.cuda.synchronize = lambda device=None: LOG.append("synchronize")
+pipeline.resolve_device = lambda device=None: torch.device("cpu")  # training stays on the CPU
+
+_prepare, _batch, _init = latency.prepare_for_inference, latency.make_batch, latency.TimedForward.__init__
+
+def prepare_for_inference(model, device, memory_format):
+    copy = _prepare(model, "cpu", memory_format)
+    copy.register_forward_hook(lambda *args: LOG.append("forward"))
+    return copy
+
+def timed_forward_init(self, model, batch):
+    _init(self, model, batch)
+    self.cuda = True  # the batch is on the CPU, but every case in this run is a CUDA case
+
+latency.prepare_for_inference = prepare_for_inference
+latency.make_batch = lambda bs, size, device, **kw: _batch(bs, size, "cpu", **kw)
+latency.TimedForward.__init__ = timed_forward_init
+
+def pytest_unconfigure(config):
+    with open(os.environ["FAKE_CUDA_LOG"], "w") as f:
+        json.dump(LOG, f)
+'''
+
+
+def test_cuda_cases_synchronize_inside_every_timed_call_and_record_gpu_time(bench, tmp_path, monkeypatch):
+    (bench.path / "fakecuda.py").write_text(FAKE_CUDA_PLUGIN)
+    monkeypatch.setenv("FAKE_CUDA_LOG", str(tmp_path / "log.json"))
+    monkeypatch.setenv("PYTHONPATH", f"{bench.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    json_path = tmp_path / "cuda.json"
+    result = bench.runpytest_subprocess("bench", "-p", "fakecuda", *SMALL_RUN, "--rates", "0", "--batch-sizes", "2",
+                                        "--devices", "cuda", f"--benchmark-json={json_path}")  # later options win
+    result.assert_outcomes(passed=2)
+    (info,) = [b["extra_info"] for b in json.loads(json_path.read_text())["benchmarks"]]
+    assert info["device"] == "cuda" and info["device_name"] == "Fake GPU" and info["case_id"].endswith("cuda-b2")
+    assert info["gpu_time_p50_ms"] == 1.5
+    # 1 warm-up + 3 timed rounds, each: start event, forward, end event, synchronize — sync last.
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert log == ["record", "forward", "record", "synchronize"] * 4
