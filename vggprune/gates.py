@@ -34,7 +34,8 @@ class ExpectedParams:
 
     @classmethod
     def load(cls, path: Path | None = None) -> ExpectedParams:
-        data = _read_json(path or DEFAULT_EXPECTED_PARAMS, "expected parameter counts")
+        path = path or DEFAULT_EXPECTED_PARAMS
+        data = _read_json(path, "expected parameter counts")
         if not isinstance(data.get("counts"), dict):
             raise UserError(f"expected parameter counts file {path} has no 'counts' object")
         return cls(data["counts"])
