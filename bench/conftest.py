@@ -1,15 +1,21 @@
 """The harness's wiring: cases from the options (pytest_generate_tests), one session-wide Harness,
-and the JSON's machine info. All the work is in vggprune.harness; see bench/test_bench.py."""
+the JSON's machine info, and the run's quietness summary. All the work is in vggprune.harness."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
-from vggprune.harness import Harness, device_name, library_versions
+from vggprune.harness import Harness, cpu_model, device_name, library_versions
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # xdist workers share the cores: every timed round would wait for the others' threads.
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("pytest bench/ times inference and cannot run under pytest-xdist (-n): "
+                                "workers contend for the same cores; run it without -n")
     torch.set_num_threads(config._vggprune_settings.threads)  # fixed for the run, and recorded
 
 
@@ -41,7 +47,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def harness(request: pytest.FixtureRequest) -> Harness:
-    return Harness(request.config._vggprune_settings)
+    harness = Harness(request.config._vggprune_settings)
+    request.config._vggprune_harness = harness  # for the terminal summary
+    return harness
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -50,6 +58,28 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         **library_versions(),
         "threads": torch.get_num_threads(),
         "profile": settings.profile.name,
+        "cpu_model": cpu_model(),
         "devices": {d: device_name(d) for d in settings.devices},
         "cuda": torch.version.cuda,
     }
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    harness = getattr(config, "_vggprune_harness", None)
+    records = harness.timed if harness else []
+    if not records:
+        return
+    contended = [r for r in records if r.contended]
+    noisy = [r for r in records if r.noisy]
+    tr = terminalreporter
+    tr.section("vggprune timing")
+    tr.write_line(f"{len(records)} case(s) timed, each paired round by round with its base.")
+    if contended:
+        worst = max(r.other_cpu_cores or 0 for r in contended)
+        tr.write_line(f"{len(contended)} of {len(records)} case(s) were timed while other processes used the CPU "
+                      f"(up to {worst:.2f} cores): their latency is marked 'contended' in the report. "
+                      f"Rerun on a quiet machine for numbers to publish.", yellow=True)
+    if noisy:
+        tr.write_line(f"{len(noisy)} case(s) had IQR/median above 10 % and are marked noisy.", yellow=True)
+    if not contended and not noisy:
+        tr.write_line("The machine stayed quiet and no case was noisy.", green=True)

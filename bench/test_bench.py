@@ -1,13 +1,16 @@
-"""The benchmark cases: one accuracy gate per model, one timed inference per (model, device, batch size).
+"""The benchmark cases: one accuracy gate per model, one paired, timed inference per (model, runtime,
+device, batch size).
 
 Run it: ``pytest bench/ --benchmark-json=reports/run.json`` (options: ``pytest bench/ --help``).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from vggprune.latency import make_batch, summarize, timed_callable
+from vggprune.latency import CpuWatch
 
 
 def test_accuracy(harness, model_key):
@@ -20,21 +23,23 @@ def test_accuracy(harness, model_key):
 
 
 def test_inference(benchmark, harness, case):
-    """Gates first (exact parameter count, accuracy), then per-batch latency of the forward pass."""
+    """Gates first (exact parameter count, accuracy), then the case timed round by round against its base."""
     prepared = harness.prepared(case.model)
     failure = harness.params_failure(prepared)
     assert failure is None, f"{case.id}: {failure}"
     accuracy_failure, _ = harness.accuracy_gate(prepared)
     assert accuracy_failure is None, f"not timed: {accuracy_failure}"
 
-    model = harness.model_on(prepared, case.device)
-    batch = make_batch(case.batch_size, harness.profile.image_size, case.device,
-                       memory_format=harness.settings.memory_format)
-    forward = timed_callable(model, batch)
-    benchmark.extra_info.update(harness.extra_info(case, prepared))
-    benchmark.pedantic(forward, rounds=harness.profile.latency_rounds,
-                       warmup_rounds=harness.profile.latency_warmup, iterations=1)
+    base, forward = harness.forwards(case)
+    paired = harness.pairing(case, base)
+    with CpuWatch() as watch:
+        benchmark.pedantic(forward, setup=paired.setup, teardown=paired.teardown,
+                           rounds=harness.profile.latency_rounds, warmup_rounds=harness.profile.latency_warmup)
     seconds = benchmark.stats.stats.data if benchmark.stats else []
     # pedantic's warm-up calls also ran `forward`: keep only the timed rounds' GPU times.
     gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
-    benchmark.extra_info.update(summarize(seconds, case.batch_size, gpu_ms))
+    record = harness.record(case, seconds, paired.times(), gpu_ms, watch)
+    benchmark.extra_info.update(record.to_extra_info())
+    if record.contended:
+        warnings.warn(f"{case.id}: other processes used {record.other_cpu_cores:.2f} cores while it was timed; "
+                      f"its latency is marked as contended", stacklevel=1)

@@ -12,12 +12,15 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vggprune.atomic import write_atomic
 from vggprune.cli import main
 from vggprune.errors import UserError
-from vggprune.report import CSV_FIELDS, load_rows, load_run, render, summary_tables
+from vggprune.latency import summarize
+from vggprune.report import CSV_FIELDS, load_rows, load_run, marks, render, summary_tables
+from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CPU = FIXTURES / "run_cpu.json"
@@ -53,8 +56,12 @@ def test_one_row_per_case_with_derived_ratios_from_the_same_device_and_batch():
     cases = extras()
     assert len(rows) == len(cases) == len(runs[0].cases)
     for r in rows:
-        base_p50 = p50(cases, method="base", batch_size=r["batch_size"], device=r["device"])
-        assert r["measured_speedup"] == pytest.approx(base_p50 / r["latency_p50_ms"])
+        # the speed-up is the case's own paired rounds: median of per-round base/case ratios
+        (bench,) = [b for b in raw()["benchmarks"] if b["extra_info"]["case_id"] == r["case_id"]]
+        ratios = np.asarray(bench["extra_info"]["base_times_s"]) / np.asarray(bench["stats"]["data"])
+        assert r["measured_speedup"] == pytest.approx(np.median(ratios), abs=1e-4)
+        low, high = r["measured_speedup_ci"]
+        assert low <= r["measured_speedup"] <= high
         assert r["theoretical_speedup"] == pytest.approx(r["base_macs"] / r["macs"], rel=1e-3)
         assert r["speedup_ratio"] == pytest.approx(r["measured_speedup"] / r["theoretical_speedup"])
         assert r["params_pct"] == pytest.approx(100 * r["params"] / r["base_params"])
@@ -75,12 +82,11 @@ def test_summary_table_has_a_row_per_method_scope_criterion_rate_for_each_batch_
         assert {tuple(line[:4]) for line in table.rows} == expected
         assert len(table.rows) == len(expected)
         assert table.rows[0][:4] == ["base", "none", "none", "0"]
-        for h in ("params", "% of base", "MMACs", "theor. ×", "top-1 %", "cpu p50 (p90) ms", "cpu img/s",
-                  "cpu ×", "cpu ×/theor."):
+        for h in ("params", "% of base", "MMACs", "theor. ×", "top-1 % (95 % CI)", "vs base", "cpu p50 ms (IQR)",
+                  "cpu × (95 % CI)", "cpu ×/theor.", "cpu marks"):
             assert h in table.headers
         base = table.rows[0]
         assert base[table.headers.index("% of base")] == "100.0"
-        assert base[table.headers.index("cpu ×")] == "1.00"
 
 
 def test_table_cells_show_the_contract_values():
@@ -92,8 +98,9 @@ def test_table_cells_show_the_contract_values():
     cell = dict(zip(table.headers, line))
     assert cell["params"] == f"{case['params']:,}"
     assert cell["MMACs"] == f"{case['macs'] / 1e6:,.2f}"
-    assert cell["top-1 %"] == f"{100 * case['accuracy']:.2f}"
-    assert cell["cpu p50 (p90) ms"].split(" (")[0] in (f"{case['latency_p50_ms']:.2f}",
+    low, high = case["accuracy_ci"]
+    assert cell["top-1 % (95 % CI)"] == f"{100 * case['accuracy']:.1f} ({100 * low:.1f}–{100 * high:.1f})"
+    assert cell["cpu p50 ms (IQR)"].split(" (")[0] in (f"{case['latency_p50_ms']:.2f}",
                                                        f"{case['latency_p50_ms']:.1f}",
                                                        f"{case['latency_p50_ms']:,.0f}")
 
@@ -101,18 +108,56 @@ def test_table_cells_show_the_contract_values():
 def test_missing_accuracy_is_a_dash_with_its_reason_noted(tmp_path):
     def drop_accuracy(data):
         for b in data["benchmarks"]:
-            b["extra_info"].update(accuracy=None, top5=None, accuracy_reason="Flowers102 not found under /data")
+            b["extra_info"].update(accuracy=None, top5=None, accuracy_ci=None, correct=None,
+                                   accuracy_reason="Flowers102 not found under /data")
 
     runs, rows = load_rows([variant(tmp_path, drop_accuracy)])
     text = render(runs, rows, "github")
-    assert all(t.rows[0][t.headers.index("top-1 %")] == "–" for t in summary_tables(rows))
+    assert all(t.rows[0][t.headers.index("top-1 % (95 % CI)")] == "–" for t in summary_tables(rows))
     assert f"top-1 missing for {len(rows)} case(s): Flowers102 not found under /data" in text
 
 
-def test_stats_are_not_needed():
-    """extra_info is the source of truth: the derived GPU fixture carries no stats block at all."""
-    assert all("stats" not in b for b in raw(GPU)["benchmarks"])
-    assert len(load_run(GPU).cases) == len(raw(GPU)["benchmarks"])
+def test_a_run_without_timing_still_reports_sizes_and_accuracy(tmp_path):
+    """A --benchmark-disable run has no stats: latency cells are dashes, nothing else is lost."""
+    def untimed(data):
+        for b in data["benchmarks"]:
+            b.pop("stats", None)
+            b["extra_info"].update(base_times_s=[], **summarize([], b["extra_info"]["batch_size"]))
+
+    runs, rows = load_rows([variant(tmp_path, untimed)])
+    assert len(rows) == len(extras()) and all(r["latency_p50_ms"] is None for r in rows)
+    table = summary_tables(rows)[0]
+    assert table.rows[0][table.headers.index("cpu p50 ms (IQR)")] == "–"
+
+
+def test_noisy_and_contended_cases_are_marked_and_counted(tmp_path):
+    def mark(data):
+        for b in data["benchmarks"]:
+            b["extra_info"].update(noisy=False, contended=False, other_cpu_cores=0.0)
+        data["benchmarks"][0]["extra_info"].update(noisy=True)
+        data["benchmarks"][1]["extra_info"].update(contended=True, other_cpu_cores=0.75)
+
+    runs, rows = load_rows([variant(tmp_path, mark)])
+    text = render(runs, rows, "github")
+    assert "1 of 18 case(s) were timed while other processes used the CPU (up to 0.75 cores" in text.replace(
+        str(len(rows)), "18")
+    assert "1 of" in text and "are `noisy`" in text
+    flagged = {r["case_id"]: r for r in rows}
+    assert marks(flagged[extras()[0]["case_id"]]) == "noisy"
+    assert marks(flagged[extras()[1]["case_id"]]) == "contended"
+
+
+def test_accuracy_overlapping_the_base_interval_is_not_significant(tmp_path):
+    def edit(data):
+        for b in data["benchmarks"]:
+            e = b["extra_info"]
+            n = 360
+            k = n if e["method"] == "base" else (n - 2 if e["scope"] == "fc" else n - 40)
+            e.update(correct="1" * k + "0" * (n - k), accuracy=k / n, accuracy_ci=list(wilson_interval(k, n)))
+
+    _, rows = load_rows([variant(tmp_path, edit)])
+    verdicts = {(r["scope"]): r["accuracy_vs_base"] for r in rows}
+    assert verdicts == {"none": None, "fc": "n.s.", "conv": "lower"}
 
 
 # ---------------------------------------------------------------- formats
@@ -147,11 +192,9 @@ def test_merge_cpu_run_with_gpu_run_from_another_machine():
             cpu_p50 = p50(gpu_cases, device="cpu", method=r["method"], scope=r["scope"], rate=r["rate"],
                           batch_size=r["batch_size"])
             assert r["vs_cpu_speedup"] == pytest.approx(cpu_p50 / r["latency_p50_ms"])
-            base = p50(gpu_cases, device="cuda", method="base", batch_size=r["batch_size"])
-            assert r["measured_speedup"] == pytest.approx(base / r["latency_p50_ms"])
     table = summary_tables(rows)[0]
-    assert "cuda vs cpu@gpu-box ×" in table.headers and f"cpu@{node} p50 (p90) ms" in table.headers
-    assert table.headers.index(f"cpu@{node} img/s") < table.headers.index("cuda img/s")  # CPU first
+    assert "cuda vs cpu@gpu-box ×" in table.headers and f"cpu@{node} p50 ms (IQR)" in table.headers
+    assert table.headers.index(f"cpu@{node} p50 ms (IQR)") < table.headers.index("cuda p50 ms (IQR)")  # CPU first
 
 
 def test_gpu_only_file_is_compared_with_the_only_cpu(tmp_path):
@@ -174,7 +217,9 @@ def test_the_same_run_twice_is_an_error_not_a_silent_pick(tmp_path):
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("content, message", [
-    ("not json {", "is not JSON"),
+    ("not json {", "is not valid JSON"),
+    ("[" * 100000 + "]" * 100000, "is not valid JSON"),
+    ('{"benchmarks": [{"extra_info": {"x": NaN}}], "machine_info": {}}', "is not valid JSON"),
     ("[1, 2]", "is not pytest-benchmark JSON"),
     ('{"benchmarks": [], "machine_info": {}}', "holds no benchmarks"),
 ])
@@ -191,11 +236,20 @@ def test_missing_file():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda e: e.clear(), "lacks contract fields in extra_info: case_id, profile"),
-    (lambda e: e.pop("latency_p50_ms"), "lacks contract fields in extra_info: latency_p50_ms"),
-    (lambda e: e.update(params="912k"), "params must be a positive integer"),
-    (lambda e: e.update(accuracy="high"), "accuracy must be a number or null"),
-    (lambda e: e.update(rate=1.5), r"rate must be in \[0, 1\)"),
+    (lambda e: e.clear(), "first release .no 'schema' field.; regenerate it"),
+    (lambda e: e.update(schema=99), "has results schema 99; this vggprune reads schema 2"),
+    (lambda e: e.pop("latency_p50_ms"), "lacks fields in extra_info: latency_p50_ms"),
+    (lambda e: e.update(bogus=1), "unknown fields in extra_info: bogus"),
+    (lambda e: e.update(params="912k"), "params has the wrong type"),
+    (lambda e: e.update(accuracy="high"), "accuracy has the wrong type"),
+    (lambda e: e.update(rate=1.5), "rate = 1.5 is out of range"),
+    (lambda e: e.update(latency_p50_ms=-3.0), "latency_p50_ms = -3.0 is out of range"),
+    (lambda e: e.update(latency_p50_ms=0), "latency_p50_ms = 0 is out of range"),
+    (lambda e: e.update(accuracy=97.2, correct=None), "accuracy = 97.2 is out of range"),
+    (lambda e: e.update(accuracy=0.5), "is not the mean of its per-image 'correct'"),
+    (lambda e: e.update(correct="01x"), "correct must be a non-empty string of 0s and 1s"),
+    (lambda e: e.update(base_times_s=[0.001]), "base_times_s has 1 rounds but stats.data has"),
+    (lambda e: e.update(measured_speedup_ci=[2.0, 1.0]), r"measured_speedup_ci must be \[low, high\]"),
 ])
 def test_contract_violations_name_the_benchmark_and_field(tmp_path, edit, message):
     path = variant(tmp_path, lambda d: edit(d["benchmarks"][1]["extra_info"]))
@@ -227,6 +281,21 @@ def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
     assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave nothing behind
     assert "wrote 8 files" in err
     assert out in (tmp_path / "summary.md").read_text()
+
+
+def test_a_new_report_removes_what_an_earlier_one_wrote(tmp_path, capsys):
+    assert main(["report", str(CPU), str(GPU), "--out", str(tmp_path)]) == 0
+    (tmp_path / "notes.txt").write_text("mine")  # not the report's: kept
+    assert main(["report", str(CPU), "--out", str(tmp_path)]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    node = raw()["machine_info"]["node"]
+    # one CPU run: its device column is plain "cpu" now; the two-machine and GPU figures are gone
+    assert sorted(n for n in names if n.endswith(".png")) == [
+        "accuracy_vs_params_quick_small.png", "latency_vs_params_quick_small_cpu.png"]
+    assert "notes.txt" in names
+    assert (f"removed 4 stale files of an earlier report: gpu_vs_cpu_quick_small_cuda.png, "
+            f"latency_vs_params_quick_small_cpu-gpu-box.png, latency_vs_params_quick_small_cpu-{node}.png, "
+            f"latency_vs_params_quick_small_cuda.png") in capsys.readouterr().err
 
 
 def test_cli_csv_to_stdout_without_plots(tmp_path, capsys):

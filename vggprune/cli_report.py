@@ -10,7 +10,7 @@ from vggprune.report import FORMATS
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from vggprune.report import load_rows, render, write_summaries
+    from vggprune.report import load_rows, remove_stale, render, write_summaries
 
     runs, rows = load_rows(args.runs)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent
@@ -19,17 +19,22 @@ def run_report(args: argparse.Namespace) -> int:
         from vggprune.plots import write_plots
 
         written += write_plots(rows, out)
+    stale = remove_stale(out, written)
     sys.stdout.write(render(runs, rows, args.format))
     # stdout stays pure table/CSV/JSON so it can be redirected; the file list goes to stderr
     print(f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}", file=sys.stderr)
+    if stale:
+        print(f"removed {len(stale)} stale files of an earlier report: {', '.join(p.name for p in stale)}",
+              file=sys.stderr)
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from vggprune.compare import Tolerances, compare_files, render_comparison
 
-    tol = Tolerances(max_accuracy_drop=args.max_accuracy_drop, max_latency_ratio=args.max_latency_ratio,
-                     check_latency=not args.no_latency, fail_on_missing=args.fail_on_missing)
+    tol = Tolerances(max_accuracy_drop=args.max_accuracy_drop, latency_tolerance=args.latency_tolerance,
+                     alpha=args.alpha, latency_metric=args.latency_metric, check_latency=not args.no_latency,
+                     gate_across_machines=args.gate_across_machines, fail_on_missing=args.fail_on_missing)
     result = compare_files(args.baseline, args.candidate, tol)
     sys.stdout.write(render_comparison(result, args.format))
     return result.exit_code
@@ -48,15 +53,25 @@ def register(sub) -> None:
     p.set_defaults(func=run_report)
 
     p = sub.add_parser("compare", help="compare a candidate run with a baseline; exit 1 on a regression",
-                       description="Exit 0: no regression; 1: a regression (params/MACs changed, top-1 "
-                                   "dropped, p50 slower than allowed); 2: bad input.")
+                       description="Verdicts from each run's raw evidence: exact params/MACs; top-1 by McNemar's "
+                                   "exact test on per-image correctness; speed-up by a Mann-Whitney test on the "
+                                   "paired rounds. A case regresses only when the change is significant and its "
+                                   "whole 95 %% CI lies beyond the tolerance. Exit 0: no regression; 1: a "
+                                   "regression; 2: bad input.")
     p.add_argument("baseline", metavar="BASELINE.json")
     p.add_argument("candidate", metavar="CANDIDATE.json")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01,
-                   help="largest allowed top-1 drop, absolute fraction (default 0.01 = 1 point)")
-    p.add_argument("--max-latency-ratio", type=float, default=1.5,
-                   help="largest allowed candidate p50 / baseline p50 (default 1.5)")
-    p.add_argument("--no-latency", action="store_true", help="do not judge latency (e.g. different machines)")
+                   help="top-1 tolerance: a significant drop must exceed this fraction (default 0.01 = 1 point)")
+    p.add_argument("--latency-tolerance", type=float, default=0.10,
+                   help="a significant speed-up (or latency) change must exceed this fraction (default 0.10)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of every test (default 0.05)")
+    p.add_argument("--latency-metric", choices=("speedup", "absolute"), default="speedup",
+                   help="speedup (default): against each run's own base, valid across sessions; absolute: "
+                        "the case's own latency, only between runs of one machine")
+    p.add_argument("--gate-across-machines", action="store_true",
+                   help="let latency and retrained-accuracy verdicts fail the comparison even when the runs "
+                        "come from different machines (default: advisory)")
+    p.add_argument("--no-latency", action="store_true", help="do not judge latency")
     p.add_argument("--fail-on-missing", action="store_true",
                    help="count baseline cases missing from the candidate as regressions")
     p.add_argument("--format", choices=("github", "plain", "json"), default="github",

@@ -1,174 +1,302 @@
-"""Run-to-run comparison for CI: a baseline run against a candidate run, case by case.
+"""Run-to-run comparison for CI: a baseline run against a candidate run, case by case, from evidence.
 
-A regression is any of: a params or MACs count that changed at all (pruning is exact, so any
-difference is a bug), a top-1 drop larger than the tolerance (or a top-1 the baseline had and the
-candidate lost), and, unless latency is off, a candidate p50 more than ``max_latency_ratio`` times
-the baseline's. Cases are matched by the contract's identity (which ignores the machine), and cases
-found in only one file are reported rather than dropped.
+Every verdict is made from the raw evidence each run's JSON carries, with a test suited to it and a
+tolerance on top (criterion.rs style: a change must be statistically significant *and* its whole
+confidence interval must lie beyond the tolerance):
+
+- sizes: params and MACs must match exactly (pruning is exact: any difference is a bug);
+- top-1: McNemar's exact test on the per-image correctness of the same test images; when the two runs
+  were evaluated on different test sets, their Wilson intervals (must not overlap) instead;
+- latency: by default the speed-up against each run's own base, from the per-round log-ratios of the
+  paired rounds (Mann–Whitney U + Hodges–Lehmann shift with its CI), which holds across processes and
+  sessions; ``absolute`` compares the case's own rounds, and only between runs of one machine.
+
+Runs from different machines (CPU model, GPU, threads) cannot be judged on latency, and trained
+weights that differ on a different CPU type explain accuracy differences by themselves: such verdicts
+are printed as advisory and do not fail the comparison unless ``gate_across_machines``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from tabulate import tabulate
 
 from vggprune.errors import UserError
-from vggprune.report import KEY_FIELDS, Case, Run, case_key, fmt_num, load_run, row_order
+from vggprune.report import row_order
+from vggprune.results import CaseRecord, Run, load_run
+from vggprune.stats import log_ratios, mcnemar_exact, shift_test
+
+REGRESSED, IMPROVED, WITHIN_NOISE, NO_CHANGE, NOT_COMPARED = (
+    "regressed", "improved", "within noise", "no change", "not compared")
+LATENCY_METRICS = ("speedup", "absolute")
 
 
 @dataclass(frozen=True)
 class Tolerances:
     max_accuracy_drop: float = 0.01  # absolute top-1 fraction: 0.01 = one percentage point
-    max_latency_ratio: float = 1.5  # candidate p50 / baseline p50
+    latency_tolerance: float = 0.10  # a speed-up (or latency) change must exceed 10 % to count
+    alpha: float = 0.05
+    latency_metric: str = "speedup"
     check_latency: bool = True
+    gate_across_machines: bool = False  # judge runs from different machines as if they were one
     fail_on_missing: bool = False  # a baseline case absent from the candidate counts as a regression
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_accuracy_drop <= 1:
-            raise UserError(f"--max-accuracy-drop is a top-1 fraction in [0, 1], "
-                            f"got {self.max_accuracy_drop}")
-        if not self.max_latency_ratio > 0:
-            raise UserError(f"--max-latency-ratio must be > 0, got {self.max_latency_ratio}")
+            raise UserError(f"--max-accuracy-drop is a top-1 fraction in [0, 1], got {self.max_accuracy_drop}")
+        if not 0 <= self.latency_tolerance < 10:
+            raise UserError(f"--latency-tolerance is a fraction (0.10 = 10 %), got {self.latency_tolerance}")
+        if not 0 < self.alpha < 1:
+            raise UserError(f"--alpha must be in (0, 1), got {self.alpha}")
+        if self.latency_metric not in LATENCY_METRICS:
+            raise UserError(f"--latency-metric: unknown value {self.latency_metric!r}; "
+                            f"allowed: {', '.join(LATENCY_METRICS)}")
+
+
+@dataclass
+class Verdict:
+    """One aspect (sizes, top-1 or latency) of one case: what changed, how sure, and whether it counts."""
+
+    aspect: str
+    verdict: str
+    detail: str
+    advisory: bool = False  # reported, but does not fail the comparison
+    estimate: float | None = None  # top-1: change in points; latency: relative change (−0.2 = 20 % slower)
+    low: float | None = None
+    high: float | None = None
+    p_value: float | None = None
+
+    @property
+    def fails(self) -> bool:
+        return self.verdict == REGRESSED and not self.advisory
+
+
+@dataclass
+class CaseComparison:
+    baseline: CaseRecord
+    candidate: CaseRecord
+    verdicts: list[Verdict]
+
+    @property
+    def case_id(self) -> str:
+        return self.candidate.case_id
+
+    @property
+    def fails(self) -> bool:
+        return any(v.fails for v in self.verdicts)
+
+    def verdict(self, aspect: str) -> Verdict | None:
+        return next((v for v in self.verdicts if v.aspect == aspect), None)
 
 
 @dataclass
 class Comparison:
-    """Per common case: both records and what regressed; plus the cases only one side has."""
+    """Per common case its verdicts; plus the cases only one side has, and notes about the two runs."""
 
-    matched: list[tuple[Case, Case, list[str]]] = field(default_factory=list)
-    only_baseline: list[Case] = field(default_factory=list)
-    only_candidate: list[Case] = field(default_factory=list)
+    matched: list[CaseComparison] = field(default_factory=list)
+    only_baseline: list[CaseRecord] = field(default_factory=list)
+    only_candidate: list[CaseRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tolerances: Tolerances = field(default_factory=Tolerances)
 
     @property
     def regressions(self) -> int:
         missing = len(self.only_baseline) if self.tolerances.fail_on_missing else 0
-        return sum(1 for _, _, problems in self.matched if problems) + missing
+        return sum(1 for m in self.matched if m.fails) + missing
 
     @property
     def exit_code(self) -> int:
         return 1 if self.regressions else 0
 
 
-def _problems(base: Case, cand: Case, tol: Tolerances) -> list[str]:
-    """Why ``cand`` is worse than ``base``; empty when it is within every tolerance."""
-    problems = []
-    for f in ("params", "macs"):
-        if cand[f] != base[f]:
-            problems.append(f"{f} {base[f]:,} → {cand[f]:,}")
-    if base["accuracy"] is not None:
-        if cand["accuracy"] is None:
-            problems.append(f"top-1 missing ({cand['accuracy_reason'] or 'no reason recorded'})")
-        elif base["accuracy"] - cand["accuracy"] > tol.max_accuracy_drop + 1e-12:
-            drop = 100 * (base["accuracy"] - cand["accuracy"])
-            problems.append(f"top-1 −{drop:.2f} pp > {100 * tol.max_accuracy_drop:g}")
-    if tol.check_latency and base["latency_p50_ms"] and cand["latency_p50_ms"] is not None:
-        ratio = cand["latency_p50_ms"] / base["latency_p50_ms"]
-        if ratio > tol.max_latency_ratio:
-            problems.append(f"p50 ×{ratio:.2f} > {tol.max_latency_ratio:g}")
-    return problems
+# ---------------------------------------------------------------- machines
+
+def machine_of(record: CaseRecord) -> tuple:
+    """What absolute latency and trained weights depend on: the hardware and how it was driven."""
+    return (record.device, record.device_name, record.cpu_model, record.threads, record.memory_format)
+
+
+def _same_machine(b: CaseRecord, c: CaseRecord) -> bool:
+    return machine_of(b) == machine_of(c)
+
+
+# ---------------------------------------------------------------- verdicts
+
+def _sizes(b: CaseRecord, c: CaseRecord) -> Verdict:
+    changed = [f"{f} {getattr(b, f):,} → {getattr(c, f):,}" for f in ("params", "macs")
+               if getattr(b, f) != getattr(c, f)]
+    if changed:
+        return Verdict("sizes", REGRESSED, "; ".join(changed) + " (pruning is exact: any change is a bug)")
+    return Verdict("sizes", NO_CHANGE, f"params {c.params:,}")
+
+
+def _classify(significant: bool, low: float, high: float, threshold: float) -> str:
+    """criterion.rs: regressed/improved only when significant and the whole CI lies beyond the threshold."""
+    if not significant:
+        return NO_CHANGE
+    if high < -threshold:
+        return REGRESSED
+    if low > threshold:
+        return IMPROVED
+    return WITHIN_NOISE
+
+
+def _accuracy(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
+    if b.accuracy is None:
+        return Verdict("top-1", NOT_COMPARED, "no top-1 in the baseline")
+    if c.accuracy is None:
+        return Verdict("top-1", REGRESSED, f"top-1 missing ({c.accuracy_reason or 'no reason recorded'})")
+    drop_tol = tol.max_accuracy_drop
+    same_set = (b.correct and c.correct and len(b.correct) == len(c.correct)
+                and b.test_fingerprint == c.test_fingerprint)
+    if same_set:
+        test = mcnemar_exact(b.correct, c.correct)
+        n = len(b.correct)
+        change = (test.c - test.b) / n  # wrong→right minus right→wrong: the candidate's gain
+        verdict = _classify(test.p_value < tol.alpha, change, change, drop_tol)
+        detail = (f"{100 * b.accuracy:.2f} → {100 * c.accuracy:.2f} % ({100 * change:+.2f} pp; McNemar: "
+                  f"{test.b} right→wrong, {test.c} wrong→right of {n}, p={test.p_value:.2g})")
+        p = test.p_value
+    else:
+        # Different test images: only the intervals can be compared (conservative: they must not overlap).
+        change = c.accuracy - b.accuracy
+        bl, bh = b.accuracy_ci or (b.accuracy, b.accuracy)
+        cl, ch = c.accuracy_ci or (c.accuracy, c.accuracy)
+        separated = ch < bl or cl > bh
+        verdict = _classify(separated, change, change, drop_tol)
+        detail = (f"{100 * b.accuracy:.2f} → {100 * c.accuracy:.2f} % ({100 * change:+.2f} pp; different test "
+                  f"sets, 95 % intervals {100 * bl:.1f}–{100 * bh:.1f} vs {100 * cl:.1f}–{100 * ch:.1f})")
+        p = None
+    advisory = (not tol.gate_across_machines and b.cpu_model != c.cpu_model
+                and b.weights_sha256 != c.weights_sha256)
+    if advisory and verdict in (REGRESSED, IMPROVED):
+        detail += "; advisory: trained on a different CPU type, into different weights"
+    return Verdict("top-1", verdict, detail, advisory, 100 * change, None, None, p)
+
+
+def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
+    if tol.latency_metric == "speedup":
+        if len(b.base_times_s) < 2 or len(c.base_times_s) < 2 or not b.times_s or not c.times_s:
+            return Verdict("latency", NOT_COMPARED, "no paired rounds (stats.data and base_times_s) in both runs")
+        before, after = log_ratios(b.base_times_s, b.times_s), log_ratios(c.base_times_s, c.times_s)
+        what = (f"speed-up {math.exp(float(np.median(before))):.2f} → {math.exp(float(np.median(after))):.2f}")
+        advisory = not tol.gate_across_machines and not _same_machine(b, c)
+    else:
+        if len(b.times_s) < 2 or len(c.times_s) < 2:
+            return Verdict("latency", NOT_COMPARED, "no rounds (stats.data) in both runs")
+        if not _same_machine(b, c) and not tol.gate_across_machines:
+            return Verdict("latency", NOT_COMPARED, "absolute latency is only compared between runs of one machine")
+        # Faster = positive, as for speed-ups: compare minus log-times.
+        before, after = -np.log(b.times_s), -np.log(c.times_s)
+        what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
+        advisory = False
+    test = shift_test(before, after)
+    threshold = math.log1p(tol.latency_tolerance)
+    verdict = _classify(test.p_value < tol.alpha, test.low, test.high, threshold)
+    change, low, high = (math.expm1(v) for v in (test.shift, test.low, test.high))
+    detail = f"{what} ({100 * change:+.1f} %, 95 % CI {100 * low:+.1f} to {100 * high:+.1f} %, p={test.p_value:.2g})"
+    if advisory and verdict in (REGRESSED, IMPROVED):
+        detail += "; advisory: different machines"
+    return Verdict("latency", verdict, detail, advisory, change, low, high, test.p_value)
+
+
+def compare_case(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> CaseComparison:
+    verdicts = [_sizes(b, c), _accuracy(b, c, tol)]
+    if tol.check_latency:
+        verdicts.append(_latency(b, c, tol))
+    return CaseComparison(b, c, verdicts)
 
 
 def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -> Comparison:
     """Match cases by identity and judge each pair; no common case at all is bad input, not a pass."""
     tol = tol or Tolerances()
-    base_cases = {case_key(c): c for c in baseline.cases}
-    cand_cases = {case_key(c): c for c in candidate.cases}
+    base_cases = {c.key(): c for c in baseline.cases}
+    cand_cases = {c.key(): c for c in candidate.cases}
     common = [k for k in base_cases if k in cand_cases]
     if not common:
         raise UserError(f"{candidate.path} has no case in common with {baseline.path}; "
                         f"are they runs of the same profile and axes?")
     result = Comparison(tolerances=tol)
-    by_order = sorted(common, key=lambda k: row_order(dict(zip(KEY_FIELDS, k))))
-    hardware, untimed = set(), 0
+    by_order = sorted(common, key=lambda k: row_order(cand_cases[k].case.fields()))
+    machines = set()
     for key in by_order:
         b, c = base_cases[key], cand_cases[key]
-        result.matched.append((b, c, _problems(b, c, tol)))
-        if b["device_name"] != c["device_name"]:
-            hardware.add((b["device"], f"hardware: baseline {b['device_name']!r}", f"candidate {c['device_name']!r}"))
-        if b.get("memory_format") != c.get("memory_format"):
-            hardware.add((b["device"], f"memory formats: baseline {b.get('memory_format')!r}",
-                          f"candidate {c.get('memory_format')!r}"))
-        untimed += not (b["latency_p50_ms"] and c["latency_p50_ms"] is not None)
+        result.matched.append(compare_case(b, c, tol))
+        if not _same_machine(b, c):
+            machines.add((b.device, f"{b.device_name} ({b.cpu_model}, {b.threads} threads, {b.memory_format})",
+                          f"{c.device_name} ({c.cpu_model}, {c.threads} threads, {c.memory_format})"))
     result.only_baseline = [base_cases[k] for k in base_cases if k not in cand_cases]
     result.only_candidate = [cand_cases[k] for k in cand_cases if k not in base_cases]
-    for device, before, after in sorted(hardware):
-        result.notes.append(f"{device} latency compares different {before}, {after}")
+    for device, before, after in sorted(machines):
+        gate = "judged as one machine (--gate-across-machines)" if tol.gate_across_machines else (
+            "latency and retrained-accuracy verdicts are advisory")
+        result.notes.append(f"{device}: the runs come from different machines: baseline {before}, "
+                            f"candidate {after}; {gate}")
     if not tol.check_latency:
         result.notes.append("latency not checked (--no-latency)")
-    elif untimed:
-        result.notes.append(f"latency not compared for {untimed} case(s): p50 missing in one of the files")
     return result
 
 
-def _case_label(c: Case) -> list[str]:
-    return [c["profile"], c["model"], c["method"], c["scope"], c["criterion"], str(c["round_to"]),
-            fmt_num(c["rate"], "rate"), c["device"], str(c["batch_size"])]
+def compare_files(baseline: str, candidate: str, tol: Tolerances | None = None) -> Comparison:
+    """Both files must be valid results JSON; anything else is a :class:`UserError` (exit 2)."""
+    return compare_runs(load_run(baseline), load_run(candidate), tol)
 
 
-def _change(b: Any, c: Any, kind: str) -> str:
-    """``x`` when equal, else ``x → y``."""
-    return fmt_num(b, kind) if b == c else f"{fmt_num(b, kind)} → {fmt_num(c, kind)}"
+# ---------------------------------------------------------------- output
 
-
-def _drop_constant(headers: list[str], rows: list[list[str]], keep_from: int) -> tuple[list[str], list, str]:
-    """Lift identity columns with one value for every row into a caption line, to keep the table narrow."""
-    constant = [i for i in range(keep_from) if rows and len({r[i] for r in rows}) == 1]
-    caption = ", ".join(f"{headers[i]} {rows[0][i]}" for i in constant)
-    keep = [i for i in range(len(headers)) if i not in constant]
-    return [headers[i] for i in keep], [[r[i] for i in keep] for r in rows], caption
+def _cell(v: Verdict | None) -> str:
+    if v is None:
+        return "–"
+    mark = " (advisory)" if v.advisory and v.verdict in (REGRESSED, IMPROVED) else ""
+    return f"{v.verdict}{mark}: {v.detail}"
 
 
 def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
-    """The delta table, the one-sided cases, notes and a verdict line."""
+    """One line per flagged case, the per-case table, the one-sided cases, notes and a verdict line."""
     if fmt == "json":
         return json.dumps({
             "regressions": cmp.regressions,
-            "cases": [{"case_id": c["case_id"], **{k: c[k] for k in KEY_FIELDS}, "problems": problems,
-                       "baseline": {k: b[k] for k in ("params", "macs", "accuracy", "latency_p50_ms")},
-                       "candidate": {k: c[k] for k in ("params", "macs", "accuracy", "latency_p50_ms")}}
-                      for b, c, problems in cmp.matched],
-            "only_baseline": [c["case_id"] for c in cmp.only_baseline],
-            "only_candidate": [c["case_id"] for c in cmp.only_candidate],
+            "cases": [{"case_id": m.case_id, **m.candidate.case.fields(), "fails": m.fails,
+                       "verdicts": [{k: getattr(v, k) for k in ("aspect", "verdict", "detail", "advisory",
+                                                                  "estimate", "low", "high", "p_value")}
+                                    for v in m.verdicts]} for m in cmp.matched],
+            "only_baseline": [c.case_id for c in cmp.only_baseline],
+            "only_candidate": [c.case_id for c in cmp.only_candidate],
             "notes": cmp.notes,
         }, indent=2) + "\n"
-    ident = ["profile", "model", "method", "scope", "criterion", "round_to", "rate", "device", "batch"]
-    headers = ident + ["params", "MMACs", "top-1 %", "Δ top-1 pp", "p50 ms", "p50 ratio", "status"]
-    rows = []
-    for b, c, problems in cmp.matched:
-        delta_acc = (100 * (c["accuracy"] - b["accuracy"])
-                     if b["accuracy"] is not None and c["accuracy"] is not None else None)
-        ratio = (c["latency_p50_ms"] / b["latency_p50_ms"]
-                 if b["latency_p50_ms"] and c["latency_p50_ms"] is not None else None)
-        rows.append(_case_label(c) + [
-            _change(b["params"], c["params"], "int"), _change(b["macs"], c["macs"], "mmacs"),
-            _change(b["accuracy"], c["accuracy"], "pct"), "–" if delta_acc is None else f"{delta_acc:+.2f}",
-            f"{fmt_num(b['latency_p50_ms'], 'ms')} → {fmt_num(c['latency_p50_ms'], 'ms')}",
-            fmt_num(ratio, "x"), "REGRESSION: " + "; ".join(problems) if problems else "ok"])
-    headers, rows, caption = _drop_constant(headers, rows, len(ident))
-    numeric = {"rate", "batch", "round_to", "params", "MMACs", "top-1 %", "Δ top-1 pp", "p50 ms", "p50 ratio"}
-    parts = [f"Cases compared ({caption})" if caption else "Cases compared",
-             tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True,
-                      colalign=["right" if h in numeric else "left" for h in headers])]
+    parts: list[str] = []
+    flagged = [(m, v) for m in cmp.matched for v in m.verdicts if v.verdict == REGRESSED]
+    for m, v in flagged:
+        parts.append(f"{m.case_id}: {v.aspect} regressed{' (advisory)' if v.advisory else ''}: {v.detail}")
+    rows = [[m.case_id, _cell(m.verdict("sizes")), _cell(m.verdict("top-1")), _cell(m.verdict("latency"))]
+            for m in cmp.matched]
+    parts.append("Cases compared\n\n" + tabulate(rows, headers=["case", "params/MACs", "top-1", "latency"],
+                                                  tablefmt=fmt, disable_numparse=True))
     for title, cases in (("only in baseline", cmp.only_baseline), ("only in candidate", cmp.only_candidate)):
         if cases:
             suffix = " (counted as regressions: --fail-on-missing)" if (
                 title == "only in baseline" and cmp.tolerances.fail_on_missing) else ""
-            listing = "\n".join(f"  {c['case_id']}" for c in cases)
-            parts.append(f"{len(cases)} case(s) {title}{suffix}:\n{listing}")
+            parts.append(f"{len(cases)} case(s) {title}{suffix}:\n" + "\n".join(f"  {c.case_id}" for c in cases))
     parts += cmp.notes
     tol = cmp.tolerances
-    limits = f"max top-1 drop {100 * tol.max_accuracy_drop:g} pp, " + (
-        f"max p50 ratio {tol.max_latency_ratio:g}" if tol.check_latency else "latency off")
+    limits = (f"α {tol.alpha:g}; top-1 drop beyond {100 * tol.max_accuracy_drop:g} pp; "
+              + (f"{tol.latency_metric} change beyond {100 * tol.latency_tolerance:g} %" if tol.check_latency
+                 else "latency off"))
     parts.append(f"{len(cmp.matched)} case(s) compared, {cmp.regressions} regression(s) ({limits}): "
                  f"{'FAIL' if cmp.regressions else 'OK'}")
     return "\n\n".join(parts) + "\n"
 
 
-def compare_files(baseline: str, candidate: str, tol: Tolerances | None = None) -> Comparison:
-    """Both files must be valid contract JSON; anything else is a :class:`UserError` (exit 2)."""
-    return compare_runs(load_run(baseline), load_run(candidate), tol)
+def summary_counts(cmp: Comparison) -> dict[str, Any]:
+    """How many cases got each verdict per aspect (for notes and tests)."""
+    counts: dict[str, Any] = {}
+    for m in cmp.matched:
+        for v in m.verdicts:
+            counts.setdefault(v.aspect, {}).setdefault(v.verdict, 0)
+            counts[v.aspect][v.verdict] += 1
+    return counts

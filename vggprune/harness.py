@@ -1,21 +1,28 @@
-"""What the benchmark harness does per case, without pytest: get the model, count it, gate it, describe it.
+"""What the benchmark harness does per case, without pytest: get the model, count it, gate it, pair it
+with its base for timing, and turn the measurements into a :class:`~vggprune.results.CaseRecord`.
 
 bench/conftest.py and bench/test_bench.py are thin wrappers around this. Models come from the
 training pipeline (trained or loaded from the checkpoint cache once); the harness keeps only the
-model being benchmarked (and its per-device copies) in memory, since a run visits cases model-major.
+base and the model being benchmarked (and their per-device copies) in memory, since a run visits
+cases model-major.
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import zlib
 from dataclasses import dataclass, field
 
 import torch
 
 from vggprune.counting import count_params_macs
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_params
-from vggprune.latency import prepare_for_inference
-from vggprune.settings import BASE, Case, ModelKey, RunSettings
+from vggprune.identity import BASE, Case, ModelKey
+from vggprune.latency import CpuWatch, PairedRounds, TimedForward, make_batch, prepare_for_inference, summarize
+from vggprune.results import SCHEMA, CaseRecord
+from vggprune.settings import RunSettings
+from vggprune.stats import wilson_interval
 
 
 @dataclass
@@ -27,7 +34,22 @@ class PreparedModel:
     top1: float | None
     top5: float | None
     reason: str | None  # why top1 is None
+    correct: str | None = None  # per test image, test-split order
+    top1_before_finetune: float | None = None
+    correct_before_finetune: str | None = None
     on_device: dict[str, torch.nn.Module] = field(default_factory=dict)
+    _sha: str | None = None
+
+    @property
+    def weights_sha256(self) -> str:
+        """Of the trained state_dict, so compare can tell 'same weights' from 'retrained differently'."""
+        if self._sha is None:
+            h = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._sha = h.hexdigest()[:16]
+        return self._sha
 
 
 def library_versions() -> dict[str, str]:
@@ -42,10 +64,29 @@ def library_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "torch_pruning": tp_version}
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (e.g. 'AMD EPYC 7B13'), which says more than 'x86_64' about its kernels."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return platform.processor() or platform.machine()
+    return cpu_model()
+
+
+def _ci(correct: str | None) -> list[float] | None:
+    if not correct:
+        return None
+    low, high = wilson_interval(correct.count("1"), len(correct))
+    return [round(low, 6), round(high, 6)]
 
 
 class Harness:
@@ -61,6 +102,7 @@ class Harness:
         self.thresholds = Thresholds.load(settings.thresholds_file)
         self._base: PreparedModel | None = None
         self._current: PreparedModel | None = None
+        self.timed: list[CaseRecord] = []  # every case recorded so far, for the run's summary
 
     # models ----------------------------------------------------------------------------------
     def _prepare(self, key: ModelKey) -> PreparedModel:
@@ -71,7 +113,10 @@ class Harness:
                                      round_to=key.round_to)
         model = res.model.eval()
         params, macs = count_params_macs(model, self.profile.image_size)
-        return PreparedModel(key, model, params, macs, res.top1, res.top5, res.reason)
+        return PreparedModel(key, model, params, macs, res.top1, res.top5, res.reason,
+                             correct=getattr(res, "correct", None),
+                             top1_before_finetune=getattr(res, "top1_before_finetune", None),
+                             correct_before_finetune=getattr(res, "correct_before_finetune", None))
 
     @property
     def base(self) -> PreparedModel:
@@ -87,11 +132,31 @@ class Harness:
             self._current = self._prepare(key)
         return self._current
 
-    def model_on(self, prepared: PreparedModel, device: str) -> torch.nn.Module:
-        """The copy that is timed: on ``device``, in the run's memory format, made once per device."""
-        if device not in prepared.on_device:
-            prepared.on_device[device] = prepare_for_inference(prepared.model, device, self.settings.memory_format)
-        return prepared.on_device[device]
+    def model_on(self, prepared: PreparedModel, device: str, copy: str = "") -> torch.nn.Module:
+        """The copy that is timed: on ``device``, in the run's memory format, made once per device.
+        ``copy="twin"`` is a second, separately allocated copy: the base's A/A partner."""
+        slot = f"{device}{copy}"
+        if slot not in prepared.on_device:
+            prepared.on_device[slot] = prepare_for_inference(prepared.model, device, self.settings.memory_format)
+        return prepared.on_device[slot]
+
+    # timing ----------------------------------------------------------------------------------
+    def forwards(self, case: Case) -> tuple[TimedForward, TimedForward]:
+        """(base, case) timed callables on the case's device and batch; the base case is paired with
+        an identical twin of itself (an A/A check whose speed-up must come out near 1)."""
+        batch = make_batch(case.batch_size, self.profile.image_size, case.device,
+                           memory_format=self.settings.memory_format)
+        base_model = self.model_on(self.base, case.device)
+        if case.model.is_base:
+            case_model = self.model_on(self.base, case.device, copy="twin")
+        else:
+            case_model = self.model_on(self.prepared(case.model), case.device)
+        return TimedForward(base_model, batch), TimedForward(case_model, batch)
+
+    def pairing(self, case: Case, base_forward: TimedForward) -> PairedRounds:
+        """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``; the shuffle is seeded
+        by the case id so a rerun draws the same order."""
+        return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=zlib.crc32(case.id.encode()))
 
     # gates -----------------------------------------------------------------------------------
     def num_classes(self, prepared: PreparedModel) -> int:
@@ -113,27 +178,40 @@ class Harness:
         base_top1 = None if prepared.key.is_base else self.base.top1
         failure = check_accuracy(rule, prepared.top1, base_top1)
         if failure:
-            failure = f"{self.profile.name} {prepared.key.label()}: {failure}"
+            ci = _ci(prepared.correct)
+            interval = f" (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f} %, n={len(prepared.correct)})" if ci else ""
+            failure = f"{self.profile.name} {prepared.key.label()}: {failure}{interval}"
         return failure, None
 
     # results ---------------------------------------------------------------------------------
-    def extra_info(self, case: Case, prepared: PreparedModel) -> dict:
-        """The results contract's fields for one case (timing fields are added by the caller)."""
-        key, base = case.model, self.base
-        return {
-            "case_id": case.id, "profile": case.profile, "model": self.profile.model,
-            "dataset": self.profile.dataset, "num_classes": self.num_classes(prepared),
-            "image_size": self.profile.image_size, "method": key.method, "scope": key.scope,
-            "criterion": key.criterion, "round_to": key.round_to, "rate": key.rate,
-            "device": case.device, "device_name": device_name(case.device), "batch_size": case.batch_size,
-            "dtype": "float32", "memory_format": self.settings.memory_format,
-            "threads": torch.get_num_threads(),
-            "params": prepared.params, "macs": prepared.macs,
-            "base_params": base.params, "base_macs": base.macs,
-            "theoretical_speedup": round(base.macs / prepared.macs, 4),
-            "conv_widths": list(prepared.model.spec.conv_widths),
-            "fc_widths": list(prepared.model.spec.fc_widths),
-            "accuracy": prepared.top1, "top5": prepared.top5,
-            "accuracy_reason": prepared.reason if prepared.top1 is None else None,
-            "base_accuracy": base.top1,
-        }
+    def record(self, case: Case, seconds: list[float], base_seconds: list[float], gpu_ms: list[float],
+               watch: CpuWatch | None) -> CaseRecord:
+        """The case's typed record: identity, model facts, accuracy evidence, latency and quietness."""
+        prepared, base = self.prepared(case.model), self.base
+        key = case.model
+        before = prepared.correct_before_finetune
+        record = CaseRecord(
+            schema=SCHEMA, case_id=case.id, profile=case.profile, model=self.profile.model,
+            method=key.method, scope=key.scope, criterion=key.criterion, round_to=key.round_to, rate=key.rate,
+            runtime=case.runtime, device=case.device, batch_size=case.batch_size,
+            dataset=self.profile.dataset, num_classes=self.num_classes(prepared),
+            image_size=self.profile.image_size,
+            test_fingerprint=getattr(self.pipeline, "test_fingerprint", None),
+            device_name=device_name(case.device), cpu_model=cpu_model(), threads=torch.get_num_threads(),
+            dtype="float32", memory_format=self.settings.memory_format,
+            params=prepared.params, macs=prepared.macs, base_params=base.params, base_macs=base.macs,
+            theoretical_speedup=round(base.macs / prepared.macs, 4),
+            conv_widths=list(prepared.model.spec.conv_widths), fc_widths=list(prepared.model.spec.fc_widths),
+            size_mb=None, weights_sha256=prepared.weights_sha256,
+            accuracy=prepared.top1, accuracy_ci=_ci(prepared.correct), correct=prepared.correct,
+            accuracy_reason=prepared.reason if prepared.top1 is None else None, top5=prepared.top5,
+            base_accuracy=base.top1, accuracy_before_finetune=prepared.top1_before_finetune,
+            accuracy_before_finetune_ci=_ci(before),
+            base_times_s=[float(s) for s in base_seconds],
+            other_cpu_cores=watch.other_cores if watch else None,
+            loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
+            times_s=list(seconds),
+            **summarize(seconds, case.batch_size, base_seconds, gpu_ms),
+        )
+        self.timed.append(record)
+        return record

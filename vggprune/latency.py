@@ -1,17 +1,29 @@
-"""Per-batch inference timing: the timed callable, CUDA-event GPU time, and percentile summaries.
+"""Per-batch inference timing: the timed callable, paired base/case rounds, and whether the machine was quiet.
 
-The callable returned by :func:`timed_callable` is what a timer (pytest-benchmark's ``pedantic`` or
+The callable from :func:`timed_callable` is what a timer (pytest-benchmark's ``pedantic`` or
 :func:`measure`) wraps. On CUDA it ends with ``torch.cuda.synchronize()`` so wall-clock time covers
 the kernels, not just their launch; CUDA events around the forward give GPU time beside it.
+
+A case is timed *paired* with its base: :class:`PairedRounds` runs the base forward just before or
+just after each timed case forward (the order drawn at random every round), so each round yields one
+speed-up sample measured under the same machine conditions. :class:`CpuWatch` measures how much CPU
+other processes used meanwhile: with as many threads as cores, every parallel region waits for a
+descheduled thread, so even a small share of a core used by others inflates every round.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+
+from vggprune.results import CONTENDED, NOISY
+from vggprune.stats import paired_speedup
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -32,21 +44,28 @@ def prepare_for_inference(model: torch.nn.Module, device: str, memory_format: st
 
 
 class TimedForward:
-    """``model(batch)`` under ``torch.inference_mode()``, synchronised on CUDA, with GPU times kept."""
+    """``fn(batch)`` under ``torch.inference_mode()``, synchronised on CUDA, with GPU times kept.
 
-    def __init__(self, model: torch.nn.Module, batch: torch.Tensor) -> None:
-        self.model, self.batch = model, batch
+    ``fn`` is a model or any runner that maps a batch to logits (a deployment runtime's session).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> None:
+        self.fn, self.batch = fn, batch
         self.cuda = batch.device.type == "cuda"  # tests may set it to drive the CUDA path with spies
         self._events: list[tuple] = []
 
-    def __call__(self) -> torch.Tensor:
+    @property
+    def model(self) -> Callable[[torch.Tensor], Any]:
+        return self.fn
+
+    def __call__(self) -> Any:
         if not self.cuda:
             with torch.inference_mode():
-                return self.model(self.batch)
+                return self.fn(self.batch)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         with torch.inference_mode():
-            out = self.model(self.batch)
+            out = self.fn(self.batch)
         end.record()
         torch.cuda.synchronize()  # inside the timed call: the kernels have finished when it returns
         self._events.append((start, end))
@@ -60,35 +79,141 @@ class TimedForward:
         return [s.elapsed_time(e) for s, e in self._events]
 
 
-def timed_callable(model: torch.nn.Module, batch: torch.Tensor) -> TimedForward:
-    return TimedForward(model, batch)
+def timed_callable(fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> TimedForward:
+    return TimedForward(fn, batch)
 
 
-def summarize(seconds: list[float], batch_size: int, gpu_ms: list[float] | None = None) -> dict:
-    """Percentiles of per-batch wall time in ms, and images/s at the median."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    if ms.size == 0:
-        return {"latency_p50_ms": None, "latency_p90_ms": None, "latency_p99_ms": None,
-                "latency_mean_ms": None, "images_per_s": None, "rounds": 0, "gpu_time_p50_ms": None}
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {
-        "latency_p50_ms": round(float(p50), 4), "latency_p90_ms": round(float(p90), 4),
-        "latency_p99_ms": round(float(p99), 4), "latency_mean_ms": round(float(ms.mean()), 4),
-        "images_per_s": round(batch_size / (p50 / 1e3), 2), "rounds": int(ms.size),
-        "gpu_time_p50_ms": round(float(np.median(gpu_ms)), 4) if gpu_ms else None,
-    }
+class PairedRounds:
+    """The base's half of paired timing, driven by ``benchmark.pedantic(case, setup=..., teardown=...)``.
+
+    pedantic times the case once per round and calls ``setup`` before and ``teardown`` after it,
+    untimed. Each round the base is timed in one of the two, chosen at random (seeded): a fixed
+    alternation was measured to bias an A/A pair by 5–10 %, because what ran just before a call
+    changes its cache and allocator state. ``times()`` returns the base's seconds for the timed
+    rounds, in round order, the same length as the case's.
+    """
+
+    def __init__(self, base: Callable[[], Any], warmup: int, seed: int = 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.base, self.warmup, self.clock = base, warmup, clock
+        self.rng = random.Random(seed)
+        self._round = -1
+        self._base_first = True
+        self._times: list[float] = []
+
+    def _time_base(self) -> None:
+        t0 = self.clock()
+        self.base()
+        if self._round >= self.warmup:
+            self._times.append(self.clock() - t0)
+
+    def setup(self) -> None:
+        self._round += 1
+        self._base_first = self.rng.random() < 0.5
+        if self._base_first:
+            self._time_base()
+
+    def teardown(self, *_args: Any, **_kwargs: Any) -> None:
+        if not self._base_first:
+            self._time_base()
+
+    def times(self) -> list[float]:
+        return list(self._times)
 
 
 def measure(fn: Callable[[], object], rounds: int, warmup: int,
-            clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """timm-style explicit loop (warm-up, then one timed call per round) for use outside pytest."""
-    for _ in range(warmup):
-        fn()
-    if isinstance(fn, TimedForward):
-        fn.reset()
+            clock: Callable[[], float] = time.perf_counter, paired: PairedRounds | None = None) -> list[float]:
+    """timm-style explicit loop (warm-up, then one timed call per round) for use outside pytest;
+    with ``paired``, the base is run around each call exactly as under pytest-benchmark."""
     times = []
-    for _ in range(rounds):
+    for i in range(warmup + rounds):
+        if i == warmup and isinstance(fn, TimedForward):
+            fn.reset()
+        if paired:
+            paired.setup()
         t0 = clock()
         fn()
-        times.append(clock() - t0)
+        if i >= warmup:
+            times.append(clock() - t0)
+        if paired:
+            paired.teardown()
     return times
+
+
+# ---------------------------------------------------------------- was the machine quiet?
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds all processes have used since boot (busy jiffies of /proc/stat, steal included)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None  # not Linux: contention is not measured (recorded as null)
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class CpuWatch:
+    """``with CpuWatch() as w: ...`` then ``w.other_cores``: CPU used by *other* processes during the
+    block, in cores (1.0 = one core busy all the time), and the 1-minute load average at its end."""
+
+    # /proc/stat and os.times() count in clock ticks: allow two ticks of rounding before blaming others.
+    SLACK_TICKS = 2
+
+    def __init__(self) -> None:
+        self.other_cores: float | None = None
+        self.loadavg_1m: float | None = None
+
+    def __enter__(self) -> CpuWatch:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), _machine_busy_s(), _own_cpu_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._t0
+        busy = _machine_busy_s()
+        if busy is not None and self._busy0 is not None and wall > 0:
+            other = (busy - self._busy0) - (_own_cpu_s() - self._own0)
+            other -= self.SLACK_TICKS / os.sysconf("SC_CLK_TCK")
+            self.other_cores = round(max(0.0, other) / wall, 4)
+        try:
+            self.loadavg_1m = round(os.getloadavg()[0], 3)
+        except OSError:
+            self.loadavg_1m = None
+
+    @property
+    def contended(self) -> bool:
+        return self.other_cores is not None and self.other_cores > CONTENDED
+
+
+# ---------------------------------------------------------------- summaries
+
+def summarize(seconds: list[float], batch_size: int, base_seconds: list[float] | None = None,
+              gpu_ms: list[float] | None = None) -> dict:
+    """The latency fields of a case record: quartiles in ms, noise (IQR/median), images/s at the
+    median, and with the paired base rounds the speed-up and its 95 % CI."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        return {"rounds": 0, "latency_p50_ms": None, "latency_q1_ms": None, "latency_q3_ms": None,
+                "latency_mean_ms": None, "latency_noise": None, "images_per_s": None, "noisy": False,
+                "gpu_time_p50_ms": None, "base_latency_p50_ms": None, "measured_speedup": None,
+                "measured_speedup_ci": None}
+    q1, p50, q3 = (float(v) for v in np.percentile(ms, [25, 50, 75]))
+    noise = (q3 - q1) / p50
+    out = {
+        "rounds": int(ms.size), "latency_p50_ms": round(p50, 4), "latency_q1_ms": round(q1, 4),
+        "latency_q3_ms": round(q3, 4), "latency_mean_ms": round(float(ms.mean()), 4),
+        "latency_noise": round(noise, 4), "images_per_s": round(batch_size / (p50 / 1e3), 2),
+        "noisy": bool(noise > NOISY),
+        "gpu_time_p50_ms": round(float(np.median(gpu_ms)), 4) if gpu_ms else None,
+        "base_latency_p50_ms": None, "measured_speedup": None, "measured_speedup_ci": None,
+    }
+    if base_seconds:
+        speedup, (low, high) = paired_speedup(base_seconds, seconds)
+        out.update(base_latency_p50_ms=round(float(np.median(base_seconds)) * 1e3, 4),
+                   measured_speedup=round(speedup, 4), measured_speedup_ci=[round(low, 4), round(high, 4)])
+    return out

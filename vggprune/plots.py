@@ -25,7 +25,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from vggprune.atomic import write_atomic  # noqa: E402
-from vggprune.report import BASE_METHOD, Row, device_order  # noqa: E402
+from vggprune.identity import BASE_METHOD, ModelKey  # noqa: E402
+from vggprune.report import Row, device_order  # noqa: E402
 
 _COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
             "tab:olive", "tab:cyan", "tab:gray"]
@@ -36,8 +37,8 @@ _METHOD_LOOK = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--"
 
 
 def _series_name(row: Row) -> str:
-    extra = f" · round {row['round_to']}" if row["round_to"] != 1 else ""
-    return f"{row['method']} · {row['scope']} · {row['criterion']}{extra}"
+    name = ModelKey(row["method"], row["scope"], row["rate"], row["criterion"], row["round_to"]).series()
+    return name if row.get("runtime", "eager") == "eager" else f"{name} · {row['runtime']}"
 
 
 def _series(rows: Sequence[Row]) -> dict[str, list[Row]]:
@@ -83,16 +84,20 @@ def _annotate_rates(ax, points: Sequence[tuple[float, float, float]], colour: st
 
 
 def plot_accuracy(rows: Sequence[Row], title: str, path: Path) -> Path | None:
-    """Top-1 against parameter count: the study's "accuracy per size of params"."""
-    def acc_by_point(rs: Sequence[Row]) -> list[tuple[float, float, float]]:
-        points: dict[float, tuple[float, float, float]] = {}
+    """Top-1 against parameter count (the study's "accuracy per size of params") with 95 % Wilson
+    error bars; each series also shows its one-shot accuracy before fine-tuning (dotted, hollow)."""
+    def acc_by_point(rs: Sequence[Row], field: str = "accuracy") -> list[tuple[float, float, float, float, float]]:
+        points: dict[float, tuple[float, float, float, float, float]] = {}
         for r in rs:  # accuracy does not depend on device or batch size: one point per rate
-            if r["accuracy"] is not None and r["rate"] not in points:
-                points[r["rate"]] = (r["params"] / 1e6, 100 * r["accuracy"], r["rate"])
+            if r[field] is not None and r["rate"] not in points:
+                low, high = r[f"{field}_ci"] or (r[field], r[field])
+                points[r["rate"]] = (r["params"] / 1e6, 100 * r[field], r["rate"],
+                                     100 * (r[field] - low), 100 * (high - r[field]))
         return [points[k] for k in sorted(points)]
 
     base = acc_by_point([r for r in rows if r["method"] == BASE_METHOD])
     series = {name: acc_by_point(rs) for name, rs in _series(rows).items()}
+    before = {name: acc_by_point(rs, "accuracy_before_finetune") for name, rs in _series(rows).items()}
     if not base and not any(series.values()):
         return None
     looks = _looks(rows)
@@ -102,17 +107,21 @@ def plot_accuracy(rows: Sequence[Row], title: str, path: Path) -> Path | None:
     for name, points in series.items():
         if not points:
             continue
-        xs, ys, _ = zip(*(base[:1] + points))
-        ax.plot(xs, ys, label=name, **looks[name])
-        _annotate_rates(ax, points, looks[name]["color"], labelled)
+        xs, ys, _, lo, hi = zip(*(base[:1] + points))
+        ax.errorbar(xs, ys, yerr=[lo, hi], capsize=2, label=name, **looks[name])
+        _annotate_rates(ax, [p[:3] for p in points], looks[name]["color"], labelled)
+        if before.get(name):
+            bx, by, _, blo, bhi = zip(*(base[:1] + before[name]))
+            ax.errorbar(bx, by, yerr=[blo, bhi], capsize=2, alpha=0.6, label=f"{name}, before fine-tuning",
+                        **{**looks[name], "linestyle": ":", "markerfacecolor": "none"})
     if base:
-        ax.plot([base[0][0]], [base[0][1]], marker="*", markersize=14, color="black", linestyle="none",
-                label="base (unpruned)", zorder=5)
+        ax.errorbar([base[0][0]], [base[0][1]], yerr=[[base[0][3]], [base[0][4]]], marker="*", markersize=14,
+                    color="black", linestyle="none", capsize=2, label="base (unpruned)", zorder=5)
     ax.set_xlabel("parameters (millions)")
     ax.set_ylabel("top-1 accuracy on the test split (%)")
-    ax.set_title(f"Accuracy vs size — {title}\n(labels: pruning rate)", fontsize=10)
+    ax.set_title(f"Accuracy vs size — {title}\n(labels: pruning rate; bars: 95 % Wilson interval)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -123,7 +132,7 @@ def _latency_axes(fig: Figure, batch_sizes: Sequence[int]):
 
 def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
     """p50 latency per batch against parameter count on one device, one panel per batch size;
-    the bar above each point reaches the p90."""
+    the bar spans the interquartile range of the case's rounds."""
     drows = [r for r in rows if r["device_label"] == device and r["latency_p50_ms"] is not None]
     if not drows:
         return None
@@ -137,14 +146,15 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
             rs = base + rs
             xs = [r["params"] / 1e6 for r in rs]
             p50 = [r["latency_p50_ms"] for r in rs]
-            up = [max(0.0, (r["latency_p90_ms"] or r["latency_p50_ms"]) - r["latency_p50_ms"]) for r in rs]
-            ax.errorbar(xs, p50, yerr=[[0.0] * len(up), up], capsize=3, label=name, **looks[name])
+            down = [max(0.0, r["latency_p50_ms"] - (r["latency_q1_ms"] or r["latency_p50_ms"])) for r in rs]
+            up = [max(0.0, (r["latency_q3_ms"] or r["latency_p50_ms"]) - r["latency_p50_ms"]) for r in rs]
+            ax.errorbar(xs, p50, yerr=[down, up], capsize=3, label=name, **looks[name])
         if base:
             ax.plot([base[0]["params"] / 1e6], [base[0]["latency_p50_ms"]], marker="*", markersize=14,
                     color="black", linestyle="none", label="base (unpruned)", zorder=5)
         ax.set_title(f"batch size {bs}", fontsize=10)
         ax.set_xlabel("parameters (millions)")
-        ax.set_ylabel("latency per batch, p50 (ms); bar to p90")
+        ax.set_ylabel("latency per batch, p50 (ms); bar: IQR")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -1,11 +1,12 @@
-"""Turn pytest-benchmark JSON runs into report rows and tables: load → check → merge → rows → tables.
+"""Turn pytest-benchmark JSON runs into report rows and tables: load → merge → rows → tables.
 
-The harness's ``--benchmark-json`` output is the only input. Each benchmark's ``extra_info`` carries
-the results contract (see :data:`CONTRACT_FIELDS`) and is the source of truth: the ``stats`` block
-may be absent (e.g. a run with ``--benchmark-disable``) and is never read. Several runs (a CPU run
-from a laptop and a GPU run from a server) merge into one set of cases; each case is then tagged
-with a *device label* that tells apart the same device type measured on different machines, so a
-speed-up is only ever computed between numbers from the same device of the same machine.
+The harness's ``--benchmark-json`` output is the only input, read as typed case records
+(:mod:`vggprune.results`). Several runs (a CPU run from a laptop and a GPU run from a server) merge
+into one set of cases; each case is then tagged with a *device label* that tells apart the same device
+type measured on different machines, so a speed-up is only ever computed between numbers from the
+same device of the same machine. Every published number carries its uncertainty: top-1 its 95 %
+Wilson interval, latency its interquartile range, speed-up the 95 % CI of its paired rounds; noisy
+and contended cases are marked.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,110 +25,34 @@ from tabulate import tabulate
 
 from vggprune.atomic import write_atomic
 from vggprune.errors import UserError
+from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS
+from vggprune.identity import Case as CaseId
+from vggprune.results import CaseRecord, Run, load_run, load_runs
 
-# What the harness writes into every benchmark's extra_info (the results contract).
-CONTRACT_FIELDS: tuple[str, ...] = (
-    "case_id", "profile", "model", "method", "scope", "criterion", "round_to", "rate", "device",
-    "device_name", "batch_size", "dtype", "threads", "params", "macs", "base_params", "base_macs",
-    "accuracy", "top5", "accuracy_reason", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
-    "latency_mean_ms", "images_per_s", "gpu_time_p50_ms", "theoretical_speedup",
-)
-# A case's identity inside one run.
-KEY_FIELDS: tuple[str, ...] = (
-    "profile", "model", "method", "scope", "criterion", "round_to", "rate", "device", "batch_size",
-)
-_STR_FIELDS = ("profile", "model", "method", "scope", "criterion", "device")
-_INT_FIELDS = ("round_to", "batch_size", "params", "macs", "base_params", "base_macs")
-_NULLABLE_NUMBERS = ("rate", "threads", "accuracy", "top5", "latency_p50_ms", "latency_p90_ms",
-                     "latency_p99_ms", "latency_mean_ms", "images_per_s", "gpu_time_p50_ms",
-                     "theoretical_speedup")
-BASE_METHOD = "base"
 FORMATS = ("github", "plain", "csv", "json")
+# The evidence fields stay in the run's JSON; report rows carry summaries only.
+_EVIDENCE = ("times_s", "base_times_s", "correct")
 
-Case = dict[str, Any]
+Case = dict[str, Any]  # a record as a dict, tagged with device_label, node and source
 Row = dict[str, Any]
 
+__all__ = ["FORMATS", "KEY_FIELDS", "Run", "load_run", "load_runs", "load_rows", "build_rows", "merge_runs"]
 
-@dataclass(frozen=True)
-class Run:
-    """One ``--benchmark-json`` file: where it came from, the machine, and its contract records."""
-
-    path: str
-    machine_info: dict[str, Any]
-    datetime: str | None
-    cases: list[Case]
-
-    @property
-    def node(self) -> str:
-        return str(self.machine_info.get("node") or Path(self.path).stem)
-
-
-# ---------------------------------------------------------------- load and check
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def case_key(case: Case) -> tuple:
-    """The contract's identity of a case; the rate is rounded so 0.3 and 0.30000000000000004 agree."""
-    return tuple(round(float(case[k]), 6) if k == "rate" else case[k] for k in KEY_FIELDS)
+    """The identity of a case (see vggprune.identity)."""
+    return CaseId.from_fields(case).key()
 
 
-def _check_case(extra: Any, name: str, path: str) -> Case:
-    """One benchmark's extra_info, checked field by field so a bad file fails with a line that says why."""
-    where = f"{path}: benchmark {name!r}"
-    if not isinstance(extra, dict):
-        raise UserError(f"{where} has no extra_info object (not written by the vggprune harness?)")
-    missing = [f for f in CONTRACT_FIELDS if f not in extra]
-    if missing:
-        raise UserError(f"{where} lacks contract fields in extra_info: {', '.join(missing)}")
-    for f in _STR_FIELDS:
-        if not isinstance(extra[f], str) or not extra[f]:
-            raise UserError(f"{where}: {f} must be a non-empty string, got {extra[f]!r}")
-    for f in _INT_FIELDS:
-        if not isinstance(extra[f], int) or isinstance(extra[f], bool) or extra[f] < 1:
-            raise UserError(f"{where}: {f} must be a positive integer, got {extra[f]!r}")
-    for f in _NULLABLE_NUMBERS:
-        if extra[f] is not None and not _is_number(extra[f]):
-            raise UserError(f"{where}: {f} must be a number or null, got {extra[f]!r}")
-    if extra["rate"] is None or not 0 <= extra["rate"] < 1:
-        raise UserError(f"{where}: rate must be in [0, 1), got {extra['rate']!r}")
-    return dict(extra)
-
-
-def load_run(path: str | os.PathLike) -> Run:
-    """Read and check one pytest-benchmark JSON file; any problem is a one-line :class:`UserError`."""
-    path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not JSON ({exc})") from None
-    if not (isinstance(data, dict) and isinstance(data.get("benchmarks"), list)
-            and isinstance(data.get("machine_info"), dict)):
-        raise UserError(f"{path} is not pytest-benchmark JSON (expected an object with 'machine_info' and "
-                        f"a 'benchmarks' list, as written by pytest --benchmark-json)")
-    if not data["benchmarks"]:
-        raise UserError(f"{path} holds no benchmarks (were all cases skipped or deselected?)")
-    cases, seen = [], {}
-    for i, bench in enumerate(data["benchmarks"]):
-        name = bench.get("name", f"#{i}") if isinstance(bench, dict) else f"#{i}"
-        case = _check_case(bench.get("extra_info") if isinstance(bench, dict) else None, name, path)
-        key = case_key(case)
-        if key in seen:
-            raise UserError(f"{path}: benchmarks {seen[key]!r} and {name!r} are the same case "
-                            f"{case['case_id']}")
-        seen[key] = name
-        cases.append(case)
-    return Run(path=path, machine_info=data["machine_info"], datetime=data.get("datetime"), cases=cases)
-
-
-def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
-    if not paths:
-        raise UserError("give at least one --benchmark-json file")
-    return [load_run(p) for p in paths]
+def _as_case(record: CaseRecord) -> Case:
+    data = asdict(record)
+    for name in _EVIDENCE:
+        data.pop(name)
+    return data
 
 
 # ---------------------------------------------------------------- merge
@@ -141,9 +66,9 @@ def _device_labels(runs: Sequence[Run]) -> dict[tuple[str, str, str], str]:
     seen: dict[str, list[tuple[str, str, str]]] = {}
     for run in runs:
         for case in run.cases:
-            ident = (case["device"], str(case["device_name"]), run.node)
-            if ident not in seen.setdefault(case["device"], []):
-                seen[case["device"]].append(ident)
+            ident = (case.device, str(case.device_name), run.node)
+            if ident not in seen.setdefault(case.device, []):
+                seen[case.device].append(ident)
     labels: dict[tuple[str, str, str], str] = {}
     for device, idents in seen.items():
         for i, ident in enumerate(idents):
@@ -165,12 +90,12 @@ def merge_runs(runs: Sequence[Run]) -> list[Case]:
     labels = _device_labels(runs)
     merged: dict[tuple, Case] = {}
     for run in runs:
-        for case in run.cases:
-            label = labels[(case["device"], str(case["device_name"]), run.node)]
-            tagged = {**case, "device_label": label, "node": run.node, "source": run.path}
-            key = (*case_key(case), label)
+        for record in run.cases:
+            label = labels[(record.device, str(record.device_name), run.node)]
+            tagged = {**_as_case(record), "device_label": label, "node": run.node, "source": run.path}
+            key = (*record.key(), label)
             if key in merged:
-                raise UserError(f"case {case['case_id']} on {label} is in both {merged[key]['source']} and "
+                raise UserError(f"case {record.case_id} on {label} is in both {merged[key]['source']} and "
                                 f"{run.path}; pass each run once")
             merged[key] = tagged
     return list(merged.values())
@@ -180,13 +105,14 @@ def merge_runs(runs: Sequence[Run]) -> list[Case]:
 
 _SCOPE_ORDER = {"none": 0, "fc": 1, "conv": 2, "all": 3}
 _CRITERION_ORDER = {"none": 0, "l2": 1, "l1": 2, "random": 3}
+_RUNTIME_ORDER = {DEFAULT_RUNTIME: 0, "fused": 1, "onnxruntime": 2, "openvino": 3, "compile": 4}
 
 
 def row_order(row: Row) -> tuple:
-    """Base first, then method, scope, criterion, round_to, rate: the order a reader scans a sweep in."""
+    """Base first, then method, scope, criterion, round_to, rate, runtime: how a reader scans a sweep."""
     return (row["profile"], row["model"], row["batch_size"], row["method"] != BASE_METHOD, row["method"],
             _SCOPE_ORDER.get(row["scope"], 9), row["scope"], _CRITERION_ORDER.get(row["criterion"], 9),
-            row["criterion"], row["round_to"], row["rate"])
+            row["criterion"], row["round_to"], row["rate"], _RUNTIME_ORDER.get(row["runtime"], 9), row["runtime"])
 
 
 def device_order(labels: Iterable[str], rows: Sequence[Row]) -> list[str]:
@@ -215,51 +141,62 @@ def cpu_partners(cases: Sequence[Case]) -> dict[str, str]:
     return partners
 
 
-def build_rows(cases: Sequence[Case]) -> list[Row]:
-    """One tidy row per case: the contract fields plus the derived ratios every table and plot reads.
+def _overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool | None:
+    if not a or not b:
+        return None
+    return a[0] <= b[1] and b[0] <= a[1]
 
-    ``measured_speedup`` is the base's p50 over this case's p50 on the same device label and batch
-    size; ``speedup_ratio`` is measured over theoretical (1.0 = the MAC count's promise is kept);
-    ``vs_cpu_speedup`` (accelerator rows only) is the partner CPU's p50 over this p50 for the same case.
+
+def accuracy_vs_base(case: Case, base: Case | None) -> str | None:
+    """``n.s.`` when the case's 95 % interval overlaps the base's (too few images to tell them apart),
+    else ``lower`` / ``higher``; None for the base itself or without intervals."""
+    if base is None or case["method"] == BASE_METHOD:
+        return None
+    overlap = _overlap(case["accuracy_ci"], base["accuracy_ci"])
+    if overlap is None:
+        return None
+    if overlap:
+        return "n.s."
+    return "lower" if case["accuracy"] < base["accuracy"] else "higher"
+
+
+def build_rows(cases: Sequence[Case]) -> list[Row]:
+    """One tidy row per case: its record's summaries plus what needs another case to compute.
+
+    ``measured_speedup`` and its CI come from the case's own paired rounds (recorded by the harness);
+    ``speedup_ratio`` is measured over theoretical (1.0 = the MAC count's promise is kept);
+    ``deploy_speedup`` is the eager base's p50 over this p50 (a runtime's gain on top of pruning,
+    from two timing windows, so without a CI); ``vs_cpu_speedup`` (accelerator rows only) is the
+    partner CPU's p50 over this p50 for the same case.
     """
     by_key = {(*case_key(c), c["device_label"]): c for c in cases}
     partners = cpu_partners(cases)
 
-    def base_of(c: Case) -> Case | None:
-        group = (c["profile"], c["model"], c["batch_size"], c["device_label"])
-        candidates = [b for b in cases if b["method"] == BASE_METHOD
-                      and (b["profile"], b["model"], b["batch_size"], b["device_label"]) == group]
-        same_round = [b for b in candidates if b["round_to"] == c["round_to"]]
-        return (same_round or candidates or [None])[0]
+    def same_but(c: Case, **changes) -> Case | None:
+        ident = dict(zip(KEY_FIELDS, case_key(c)))
+        ident.update(changes)
+        return by_key.get((*CaseId.from_fields(ident).key(), c["device_label"]))
 
     rows = []
     for c in cases:
-        base = base_of(c)
-        theoretical = c["theoretical_speedup"]
-        if theoretical is None:
-            theoretical = _ratio(c["base_macs"], c["macs"])
-        measured = _ratio(base["latency_p50_ms"], c["latency_p50_ms"]) if base else None
+        base = same_but(c, method=BASE_METHOD, scope="none", criterion="none", round_to=1, rate=0.0)
+        eager_base = same_but(c, method=BASE_METHOD, scope="none", criterion="none", round_to=1, rate=0.0,
+                              runtime=DEFAULT_RUNTIME)
         partner = partners.get(c["device_label"])
         cpu_case = None
         if partner:
             cpu_key = tuple("cpu" if k == "device" else v for k, v in zip(KEY_FIELDS, case_key(c)))
             cpu_case = by_key.get((*cpu_key, partner))
         rows.append({
-            **{k: c[k] for k in KEY_FIELDS},
+            **c,
             "rate": round(float(c["rate"]), 6),
-            "device_label": c["device_label"], "device_name": c["device_name"], "dtype": c["dtype"],
-            "memory_format": c.get("memory_format"),  # recorded by the harness, not a contract field
-            "threads": c["threads"], "params": c["params"], "base_params": c["base_params"],
-            "params_pct": 100.0 * c["params"] / c["base_params"], "macs": c["macs"],
-            "base_macs": c["base_macs"], "theoretical_speedup": theoretical,
-            "accuracy": c["accuracy"], "top5": c["top5"], "accuracy_reason": c["accuracy_reason"],
-            "latency_p50_ms": c["latency_p50_ms"], "latency_p90_ms": c["latency_p90_ms"],
-            "latency_p99_ms": c["latency_p99_ms"], "latency_mean_ms": c["latency_mean_ms"],
-            "images_per_s": c["images_per_s"], "gpu_time_p50_ms": c["gpu_time_p50_ms"],
-            "measured_speedup": measured, "speedup_ratio": _ratio(measured, theoretical),
+            "params_pct": 100.0 * c["params"] / c["base_params"],
+            "accuracy_vs_base": accuracy_vs_base(c, base),
+            "speedup_ratio": _ratio(c["measured_speedup"], c["theoretical_speedup"]),
+            "deploy_speedup": (_ratio(eager_base["latency_p50_ms"], c["latency_p50_ms"])
+                               if eager_base and c["runtime"] != DEFAULT_RUNTIME else None),
             "vs_cpu_device": partner if cpu_case else None,
             "vs_cpu_speedup": _ratio(cpu_case["latency_p50_ms"], c["latency_p50_ms"]) if cpu_case else None,
-            "case_id": c["case_id"], "node": c["node"], "source": c["source"],
         })
     order = device_order((r["device_label"] for r in rows), rows)
     return sorted(rows, key=lambda r: (row_order(r), order.index(r["device_label"])))
@@ -283,6 +220,10 @@ def fmt_num(value: float | None, kind: str) -> str:
         return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
     if kind == "pct":
         return f"{100 * value:.2f}"
+    if kind == "pct1":
+        return f"{value:.1f}"
+    if kind == "acc":
+        return f"{100 * value:.1f}"
     if kind == "int":
         return f"{value:,}"
     if kind == "ips":
@@ -291,7 +232,24 @@ def fmt_num(value: float | None, kind: str) -> str:
         return f"{value / 1e6:,.2f}"
     if kind == "rate":
         return f"{value:g}"
+    if kind == "mb":
+        return f"{value:.2f}" if value < 10 else f"{value:,.0f}"
     return f"{value:.1f}"
+
+
+def with_interval(value: float | None, interval: Sequence[float] | None, kind: str) -> str:
+    """``97.2 (95.0–98.5)``: a point estimate and its interval in the same format."""
+    if value is None:
+        return "–"
+    if not interval:
+        return fmt_num(value, kind)
+    return f"{fmt_num(value, kind)} ({fmt_num(interval[0], kind)}–{fmt_num(interval[1], kind)})"
+
+
+def marks(row: Row) -> str:
+    """Why a latency cell should not be taken as fact: ``noisy`` (IQR/median > 10 %), ``contended``."""
+    flags = [f for f in ("noisy", "contended") if row.get(f)]
+    return ", ".join(flags)
 
 
 @dataclass(frozen=True)
@@ -309,25 +267,31 @@ class Table:
 
 
 def _row_id(r: Row) -> tuple:
-    return (r["method"], r["scope"], r["criterion"], r["round_to"], r["rate"])
+    return (r["method"], r["scope"], r["criterion"], r["round_to"], r["rate"], r["runtime"])
 
 
 def summary_tables(rows: Sequence[Row]) -> list[Table]:
-    """One wide table per (profile, model, batch size): a row per (method, scope, criterion, rate),
-    size and accuracy once, then latency and speed-ups side by side for each device."""
+    """One wide table per (profile, model, batch size): a row per (method, scope, criterion, rate,
+    runtime), size and accuracy once, then latency and speed-ups side by side for each device."""
     tables = []
     show_round = len({r["round_to"] for r in rows}) > 1
+    show_runtime = len({r["runtime"] for r in rows}) > 1
+    show_size = any(r["size_mb"] is not None for r in rows)
+    show_before = any(r["accuracy_before_finetune"] is not None for r in rows)
     for group in sorted({(r["profile"], r["model"], r["batch_size"]) for r in rows}):
         grows = [r for r in rows if (r["profile"], r["model"], r["batch_size"]) == group]
         devices = device_order((r["device_label"] for r in grows), grows)
         accels = [d for d in devices
                   if any(r["vs_cpu_speedup"] is not None for r in grows if r["device_label"] == d)]
-        headers = ["method", "scope", "criterion"] + (["round_to"] if show_round else []) + [
-            "rate", "params", "% of base", "MMACs", "theor. ×", "top-1 %"]
-        numeric = [False] * (4 if show_round else 3) + [True] * 6
+        ident = ["method", "scope", "criterion"] + (["round_to"] if show_round else []) + ["rate"] + (
+            ["runtime"] if show_runtime else [])
+        headers = ident + ["params", "% of base", "MMACs", "theor. ×"] + (["MB"] if show_size else []) + [
+            "top-1 % (95 % CI)"] + (["before FT %"] if show_before else []) + ["vs base"]
+        numeric = [h in ("round_to", "rate") for h in ident] + [True] * (len(headers) - len(ident) - 1) + [False]
         for d in devices:
-            headers += [f"{d} p50 (p90) ms", f"{d} img/s", f"{d} ×", f"{d} ×/theor."]
-            numeric += [True] * 4
+            headers += [f"{d} p50 ms (IQR)", f"{d} × (95 % CI)", f"{d} ×/theor."] + (
+                [f"{d} × vs eager base"] if show_runtime else []) + [f"{d} marks"]
+            numeric += [True] * (4 if show_runtime else 3) + [False]
         for d in accels:
             partner = next(r["vs_cpu_device"] for r in grows if r["device_label"] == d and r["vs_cpu_device"])
             headers.append(f"{d} vs {partner} ×")
@@ -336,21 +300,26 @@ def summary_tables(rows: Sequence[Row]) -> list[Table]:
         for rid in dict.fromkeys(_row_id(r) for r in grows):  # rows arrive in row_order
             per_dev = {r["device_label"]: r for r in grows if _row_id(r) == rid}
             first = per_dev[next(d for d in devices if d in per_dev)]
-            accuracies = [per_dev[d]["accuracy"] for d in devices if d in per_dev]
-            accuracy = next((a for a in accuracies if a is not None), None)
+            acc = next((per_dev[d] for d in devices if d in per_dev and per_dev[d]["accuracy"] is not None), first)
             line = [first["method"], first["scope"], first["criterion"]] + (
-                [str(first["round_to"])] if show_round else []) + [
-                fmt_num(first["rate"], "rate"), fmt_num(first["params"], "int"),
-                fmt_num(first["params_pct"], "pct1"), fmt_num(first["macs"], "mmacs"),
-                fmt_num(first["theoretical_speedup"], "x"), fmt_num(accuracy, "pct")]
+                [str(first["round_to"])] if show_round else []) + [fmt_num(first["rate"], "rate")] + (
+                [first["runtime"]] if show_runtime else []) + [
+                fmt_num(first["params"], "int"), fmt_num(first["params_pct"], "pct1"),
+                fmt_num(first["macs"], "mmacs"), fmt_num(first["theoretical_speedup"], "x")] + (
+                [fmt_num(first["size_mb"], "mb")] if show_size else []) + [
+                with_interval(acc["accuracy"], acc["accuracy_ci"], "acc")] + (
+                [fmt_num(acc["accuracy_before_finetune"], "acc")] if show_before else []) + [
+                acc["accuracy_vs_base"] or ""]
             for d in devices:
                 r = per_dev.get(d)
                 if r is None:
-                    line += ["–"] * 4
+                    line += ["–"] * (5 if show_runtime else 4)
                     continue
-                line += [f"{fmt_num(r['latency_p50_ms'], 'ms')} ({fmt_num(r['latency_p90_ms'], 'ms')})",
-                         fmt_num(r["images_per_s"], "ips"), fmt_num(r["measured_speedup"], "x"),
-                         fmt_num(r["speedup_ratio"], "x")]
+                iqr = [r["latency_q1_ms"], r["latency_q3_ms"]] if r["latency_q1_ms"] is not None else None
+                line += [with_interval(r["latency_p50_ms"], iqr, "ms"),
+                         with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x"),
+                         fmt_num(r["speedup_ratio"], "x")] + (
+                    [fmt_num(r["deploy_speedup"], "x")] if show_runtime else []) + [marks(r)]
             line += [fmt_num(per_dev[d]["vs_cpu_speedup"] if d in per_dev else None, "x") for d in accels]
             cells.append(line)
         title = f"profile {group[0]}, model {group[1]}, batch size {group[2]}"
@@ -388,34 +357,67 @@ def accuracy_notes(rows: Sequence[Row]) -> list[str]:
     return [f"top-1 missing for {n} case(s): {reason}" for reason, n in reasons.items()]
 
 
+def timing_notes(rows: Sequence[Row]) -> list[str]:
+    """How many latency figures are marked, and why; nothing when every case was quiet and steady."""
+    timed = [r for r in rows if r["latency_p50_ms"] is not None]
+    notes = []
+    contended = [r for r in timed if r["contended"]]
+    noisy = [r for r in timed if r["noisy"]]
+    if contended:
+        worst = max(r["other_cpu_cores"] or 0 for r in contended)
+        notes.append(f"{len(contended)} of {len(timed)} case(s) were timed while other processes used the CPU "
+                     f"(up to {worst:.2f} cores; marked `contended`): their latency is not a quiet machine's")
+    if noisy:
+        notes.append(f"{len(noisy)} of {len(timed)} case(s) are `noisy`: IQR/median above 10 %")
+    return notes
+
+
+LEGEND = ("top-1 with its 95 % Wilson interval; `vs base`: `n.s.` = the interval overlaps the base's (the test "
+          "split is too small to tell them apart). Latency: p50 per batch with its interquartile range. `×`: "
+          "speed-up against the base timed in the same shuffled rounds, median of per-round ratios with its "
+          "95 % CI.")
+
+
 def render_text(runs: Sequence[Run], rows: Sequence[Row], fmt: str = "github") -> str:
-    """The human summary: one table per group, then the devices and any accuracy notes."""
+    """The human summary: one table per group, then the devices and any accuracy or timing notes."""
     md = fmt == "github"
     parts = []
     for table in [*summary_tables(rows), devices_table(runs, rows)]:
         parts.append(f"### {table.title}" if md else f"{table.title}:")
         parts.append(table.render(fmt))
-    notes = accuracy_notes(rows)
+    notes = accuracy_notes(rows) + timing_notes(rows)
     if notes:
         parts.append("\n".join(f"- {n}" if md else n for n in notes))
     return "\n\n".join(parts) + "\n"
 
 
 CSV_FIELDS: tuple[str, ...] = (
-    *KEY_FIELDS, "device_label", "device_name", "dtype", "memory_format", "threads", "params", "base_params",
-    "params_pct", "macs", "base_macs", "theoretical_speedup", "accuracy", "top5", "accuracy_reason", "latency_p50_ms",
-    "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "images_per_s", "gpu_time_p50_ms",
-    "measured_speedup", "speedup_ratio", "vs_cpu_device", "vs_cpu_speedup", "case_id", "node", "source",
+    *KEY_FIELDS, "device_label", "device_name", "cpu_model", "dtype", "memory_format", "threads", "params",
+    "base_params", "params_pct", "macs", "base_macs", "theoretical_speedup", "size_mb", "accuracy", "accuracy_ci",
+    "accuracy_vs_base", "accuracy_before_finetune", "accuracy_before_finetune_ci", "top5", "accuracy_reason",
+    "base_accuracy", "runtime_agreement", "runtime_max_rel_diff", "rounds", "latency_p50_ms", "latency_q1_ms",
+    "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
+    "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "speedup_ratio", "deploy_speedup",
+    "other_cpu_cores", "loadavg_1m", "contended", "vs_cpu_device", "vs_cpu_speedup", "test_fingerprint",
+    "weights_sha256", "case_id", "node", "source",
 )
 
 
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "–".join(str(v) for v in value)
+    return value
+
+
 def render_csv(rows: Sequence[Row]) -> str:
-    """Tidy CSV: one line per case and device, full precision, empty cell for null."""
+    """Tidy CSV: one line per case and device, full precision, empty cell for null, intervals as low–high."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if r[k] is None else r[k] for k in CSV_FIELDS})
+        writer.writerow({k: _csv_cell(r[k]) for k in CSV_FIELDS})
     return buf.getvalue()
 
 
@@ -439,11 +441,30 @@ def render(runs: Sequence[Run], rows: Sequence[Row], fmt: str) -> str:
 
 # ---------------------------------------------------------------- output
 
+SUMMARY_FILES = ("summary.md", "summary.csv", "summary.json")
+
+
 def write_summaries(runs: Sequence[Run], rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
     """summary.md, summary.csv and summary.json in ``out_dir``."""
     out = Path(out_dir)
     sources = ", ".join(Path(run.path).name for run in runs)
-    md = f"# vggprune report\n\nFrom {sources}. Latency is per batch, p50 (p90) in ms.\n\n"
+    md = f"# vggprune report\n\nFrom {sources}. {LEGEND}\n\n"
     return [write_atomic(out / "summary.md", md + render_text(runs, rows, "github")),
             write_atomic(out / "summary.csv", render_csv(rows)),
             write_atomic(out / "summary.json", render_json(runs, rows))]
+
+
+# What `vggprune report` owns in its --out directory: an earlier report's files that this one did not
+# rewrite (a plot for a device no longer in the runs, say) are removed, so no stale figure survives.
+REPORT_PATTERNS = ("summary.md", "summary.csv", "summary.json", "accuracy_vs_params_*.png",
+                   "latency_vs_params_*.png", "gpu_vs_cpu_*.png", "speedup_vs_theoretical_*.png")
+
+
+def remove_stale(out_dir: str | os.PathLike, written: Sequence[Path]) -> list[Path]:
+    """Delete report-owned files in ``out_dir`` that are not in ``written``; returns what was removed."""
+    keep = {Path(p).resolve() for p in written}
+    stale = sorted({p for pattern in REPORT_PATTERNS for p in Path(out_dir).glob(pattern)
+                    if p.is_file() and p.resolve() not in keep})
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

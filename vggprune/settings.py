@@ -12,52 +12,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vggprune.errors import UserError
+from vggprune.identity import BASE, Case, ModelKey
 from vggprune.profiles import PROFILE_NAMES, Profile, get_profile
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, parse_rates
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cpu,cuda")
 # channels_last by default: oneDNN and cuDNN run VGG convs fastest in NHWC (measured in the README).
 MEMORY_FORMATS = ("channels_last", "contiguous")
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    """One trained model: the base (method ``base``) or one pruned variant of it."""
-
-    method: str
-    scope: str
-    rate: float
-    criterion: str
-    round_to: int
-
-    @property
-    def is_base(self) -> bool:
-        return self.method == "base"
-
-    def label(self) -> str:
-        if self.is_base:
-            return "base-r0.00"
-        text = f"{self.method}-{self.scope}-r{self.rate:.2f}"
-        if self.criterion != "l2":
-            text += f"-{self.criterion}"
-        if self.round_to != 1:
-            text += f"-x{self.round_to}"
-        return text
-
-
-BASE = ModelKey("base", "none", 0.0, "none", 1)
-
-
-@dataclass(frozen=True)
-class Case:
-    profile: str
-    model: ModelKey
-    device: str
-    batch_size: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.profile}-{self.model.label()}-{self.device}-b{self.batch_size}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +48,7 @@ class RunSettings:
 
     def cases(self) -> list[Case]:
         # Model-major order, so each model is built once and then timed on every device/batch size.
-        return [Case(self.profile.name, key, device, bs)
+        return [Case(self.profile.name, key, device, bs, variant=self.profile.model)
                 for key in self.model_keys() for device in self.devices for bs in self.profile.batch_sizes]
 
 
