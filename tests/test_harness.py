@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 # A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
 SMALL_RUN = ["--rates", "0,0.5", "--scope", "fc", "--batch-sizes", "1,4", "--latency-rounds", "3",
              "--latency-warmup", "1", "--devices", "cpu", "--threads", "1", "-p", "no:cacheprovider"]
-CONTRACT = {"profile", "model", "method", "scope", "rate", "device", "batch_size", "params", "macs", "accuracy",
-            "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "images_per_s"}
+CONTRACT = {"schema", "profile", "model", "method", "scope", "rate", "runtime", "device", "batch_size", "params",
+            "macs", "accuracy", "accuracy_ci", "latency_p50_ms", "latency_q1_ms", "latency_q3_ms", "images_per_s",
+            "base_times_s", "measured_speedup", "measured_speedup_ci", "other_cpu_cores", "contended"}
 
 
 @pytest.fixture(scope="session")
@@ -86,13 +87,18 @@ def test_quick_run_writes_every_case_with_the_contract_fields(bench):
     run = json.loads(json_path.read_text())
     assert not list(json_path.parent.glob(".*.tmp"))  # the temporary file was renamed into place
     entries = {b["extra_info"]["case_id"]: b["extra_info"] for b in run["benchmarks"]}
+    rounds = {b["extra_info"]["case_id"]: b["stats"]["data"] for b in run["benchmarks"]}
     assert sorted(entries) == sorted(f"quick-{m}-cpu-b{b}" for b in (1, 4)
                                      for m in ("base-r0.00", "torch-pruning-fc-r0.50", "by-hand-fc-r0.50"))
     for info in entries.values():
         assert CONTRACT <= info.keys()
         assert info["params"] == expected_params("small", 10, info["rate"], "fc")
         assert 0.9 < info["accuracy"] <= 1 and info["latency_p50_ms"] > 0
-        assert info["latency_p50_ms"] <= info["latency_p90_ms"] <= info["latency_p99_ms"]
+        assert info["latency_q1_ms"] <= info["latency_p50_ms"] <= info["latency_q3_ms"]
+        # paired timing: one base round per case round, both kept as evidence
+        assert len(info["base_times_s"]) == len(rounds[info["case_id"]]) == 3 and info["schema"] == 2
+        low, high = info["measured_speedup_ci"]
+        assert low <= info["measured_speedup"] <= high
         assert info["images_per_s"] == pytest.approx(info["batch_size"] / info["latency_p50_ms"] * 1e3, rel=1e-3)
         assert info["threads"] == 1
     versions = run["machine_info"]["vggprune"]
@@ -190,6 +196,28 @@ def test_cuda_cases_synchronize_inside_every_timed_call_and_record_gpu_time(benc
     (info,) = [b["extra_info"] for b in json.loads(json_path.read_text())["benchmarks"]]
     assert info["device"] == "cuda" and info["device_name"] == "Fake GPU" and info["case_id"].endswith("cuda-b2")
     assert info["gpu_time_p50_ms"] == 1.5
-    # 1 warm-up + 3 timed rounds, each: start event, forward, end event, synchronize — sync last.
+    # 1 warm-up + 3 timed rounds, each timing the case and its paired base (its A/A twin here):
+    # start event, forward, end event, synchronize — sync last in every timed call.
     log = json.loads((tmp_path / "log.json").read_text())
-    assert log == ["record", "forward", "record", "synchronize"] * 4
+    assert log == ["record", "forward", "record", "synchronize"] * 8
+    assert len(info["base_times_s"]) == 3
+
+
+def test_timing_under_xdist_is_refused(bench, monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    result = bench.runpytest("bench", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "cannot run under pytest-xdist" in result.stderr.str()
+
+
+def test_the_run_summary_says_whether_the_machine_was_quiet(bench, tmp_path):
+    json_path = tmp_path / "run.json"
+    result = bench.runpytest_subprocess("bench", *SMALL_RUN, "--rates", "0", "--batch-sizes", "1",
+                                        f"--benchmark-json={json_path}")
+    result.assert_outcomes(passed=2)
+    (info,) = [b["extra_info"] for b in json.loads(json_path.read_text())["benchmarks"]]
+    result.stdout.fnmatch_lines(["*vggprune timing*", "1 case(s) timed, each paired round by round with its base."])
+    quiet = "The machine stayed quiet and no case was noisy."
+    assert (quiet in result.stdout.str()) == (not info["contended"] and not info["noisy"])
+    if info["contended"]:
+        result.stdout.fnmatch_lines(["*1 of 1 case(s) were timed while other processes used the CPU*"])

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from vggprune.latency import make_batch, measure, prepare_for_inference, summarize, timed_callable
+from vggprune.latency import (
+    CpuWatch,
+    PairedRounds,
+    make_batch,
+    measure,
+    prepare_for_inference,
+    summarize,
+    timed_callable,
+)
 
 
 class Spies:
@@ -73,14 +81,85 @@ def test_measure_discards_warmup_gpu_times(monkeypatch):
     assert len(forward.gpu_times_ms()) == 3
 
 
-def test_summarize_percentiles_and_throughput():
+def test_summarize_quartiles_noise_and_throughput():
     seconds = [i / 1000 for i in range(1, 101)]  # 1 … 100 ms
     s = summarize(seconds, batch_size=8, gpu_ms=[1.0, 3.0, 2.0])
-    assert s["latency_p50_ms"] == pytest.approx(np.percentile(np.arange(1, 101), 50))
-    assert s["latency_p90_ms"] == pytest.approx(90.1) and s["latency_p99_ms"] == pytest.approx(99.01)
+    q1, p50, q3 = np.percentile(np.arange(1, 101), [25, 50, 75])
+    assert (s["latency_q1_ms"], s["latency_p50_ms"], s["latency_q3_ms"]) == pytest.approx((q1, p50, q3))
+    assert s["latency_noise"] == pytest.approx((q3 - q1) / p50, abs=1e-4) and s["noisy"]
     assert s["images_per_s"] == pytest.approx(8 / 0.0505, rel=1e-4)
     assert s["gpu_time_p50_ms"] == 2.0 and s["rounds"] == 100
+    assert s["measured_speedup"] is None  # no paired base rounds
     assert summarize([], 8)["latency_p50_ms"] is None
+
+
+def test_summarize_speedup_is_the_median_of_paired_ratios_with_its_ci():
+    case = [0.010, 0.011, 0.009, 0.010, 0.030, 0.010, 0.010, 0.012, 0.010, 0.010]  # one stalled round
+    base = [0.030, 0.033, 0.027, 0.030, 0.090, 0.030, 0.029, 0.036, 0.031, 0.030]  # stalled with it
+    s = summarize(case, 1, base)
+    ratios = np.sort(np.asarray(base) / np.asarray(case))
+    assert s["measured_speedup"] == pytest.approx(np.median(ratios), abs=1e-4)
+    # n = 10: the 2nd and 9th order statistics cover the median with 97.9 % (binomial), the
+    # tightest pair that reaches 95 %
+    assert s["measured_speedup_ci"] == pytest.approx([ratios[1], ratios[8]], abs=1e-4)
+    assert not s["noisy"] or s["latency_noise"] > 0.10
+
+
+class Clock:
+    """A fake clock that advances by what each call 'costs', so paired times are exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_paired_rounds_time_the_base_once_per_timed_round_in_shuffled_order():
+    clock, log = Clock(), []
+
+    def base():
+        log.append("base")
+        clock.now += 3.0
+
+    def case():
+        log.append("case")
+        clock.now += 1.0
+
+    paired = PairedRounds(base, warmup=2, seed=7, clock=clock)
+    times = measure(case, rounds=40, warmup=2, clock=clock, paired=paired)
+    assert times == [1.0] * 40 and paired.times() == [3.0] * 40
+    rounds = [tuple(log[i:i + 2]) for i in range(0, len(log), 2)]
+    assert len(rounds) == 42 and all(sorted(r) == ["base", "case"] for r in rounds)
+    first = [r[0] for r in rounds]
+    # shuffled, not alternating: both orders occur, and not strictly in turn
+    assert 10 < first.count("base") < 32
+    assert any(a == b for a, b in zip(first, first[1:]))
+    # the same seed draws the same order (reruns are comparable)
+    log2: list[str] = []
+    again = PairedRounds(lambda: log2.append("base"), warmup=2, seed=7, clock=clock)
+    measure(lambda: log2.append("case"), rounds=40, warmup=2, clock=clock, paired=again)
+    assert log2 == log
+
+
+def test_cpu_watch_sees_another_process_use_a_core():
+    import subprocess
+    import sys
+    import time
+
+    with CpuWatch() as quiet:
+        time.sleep(0.3)
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<3: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        with CpuWatch() as busy:
+            time.sleep(0.8)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy.other_cores is not None and busy.other_cores > 0.5 and busy.contended
+    assert quiet.other_cores is not None and busy.other_cores > quiet.other_cores
+    assert busy.loadavg_1m is not None and busy.loadavg_1m >= 0
 
 
 def test_make_batch_is_fixed_per_seed_and_in_the_asked_layout():
