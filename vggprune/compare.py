@@ -250,10 +250,19 @@ def compare_files(baseline: str, candidate: str, tol: Tolerances | None = None) 
 # ---------------------------------------------------------------- output
 
 def _cell(v: Verdict | None) -> str:
+    """The verdict and its one key figure; the full evidence is on the flagged case's own line."""
     if v is None:
         return "–"
+    if v.verdict == NOT_COMPARED:
+        return f"{v.verdict}: {v.detail}"
     mark = " (advisory)" if v.advisory and v.verdict in (REGRESSED, IMPROVED) else ""
-    return f"{v.verdict}{mark}: {v.detail}"
+    if v.aspect == "top-1" and v.estimate is not None:
+        figure = f" {v.estimate:+.2f} pp" + (f", p={v.p_value:.2g}" if v.p_value is not None else "")
+    elif v.aspect == "latency" and v.estimate is not None:
+        figure = f" {100 * v.estimate:+.1f} % ({100 * v.low:+.1f}…{100 * v.high:+.1f}), p={v.p_value:.2g}"
+    else:
+        figure = ""
+    return f"{v.verdict}{mark}{figure}"
 
 
 def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
@@ -273,10 +282,16 @@ def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
     flagged = [(m, v) for m in cmp.matched for v in m.verdicts if v.verdict == REGRESSED]
     for m, v in flagged:
         parts.append(f"{m.case_id}: {v.aspect} regressed{' (advisory)' if v.advisory else ''}: {v.detail}")
-    rows = [[m.case_id, _cell(m.verdict("sizes")), _cell(m.verdict("top-1")), _cell(m.verdict("latency"))]
-            for m in cmp.matched]
-    parts.append("Cases compared\n\n" + tabulate(rows, headers=["case", "params/MACs", "top-1", "latency"],
-                                                  tablefmt=fmt, disable_numparse=True))
+    rows = []
+    for m in cmp.matched:
+        lat = m.verdict("latency")
+        speedups = ""
+        if lat is not None and lat.verdict != NOT_COMPARED:
+            speedups = lat.detail.split(" (")[0].replace("speed-up ", "")
+        rows.append([m.case_id, _cell(m.verdict("sizes")), _cell(m.verdict("top-1")), speedups, _cell(lat)])
+    headers = ["case", "params/MACs", "top-1 Δ", f"{cmp.tolerances.latency_metric} before → after",
+               "latency change (95 % CI)"]
+    parts.append("Cases compared\n\n" + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
     for title, cases in (("only in baseline", cmp.only_baseline), ("only in candidate", cmp.only_candidate)):
         if cases:
             suffix = " (counted as regressions: --fail-on-missing)" if (
