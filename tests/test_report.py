@@ -274,12 +274,13 @@ def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
     names = {p.name for p in tmp_path.iterdir()}
     assert {"summary.md", "summary.csv", "summary.json"} <= names
     pngs = sorted(n for n in names if n.endswith(".png"))
-    assert pngs == sorted(["accuracy_vs_params_quick_small.png", "gpu_vs_cpu_quick_small_cuda.png",
-                           "latency_vs_params_quick_small_cuda.png", "latency_vs_params_quick_small_cpu-gpu-box.png",
-                           f"latency_vs_params_quick_small_cpu-{raw()['machine_info']['node']}.png"])
+    node = raw()["machine_info"]["node"]
+    assert pngs == sorted(["accuracy_vs_params_quick_small.png", "gpu_vs_cpu_quick_small_cuda.png"] + [
+        f"{kind}_quick_small_{device}.png" for kind in ("latency_vs_params", "speedup_vs_theoretical")
+        for device in ("cuda", "cpu-gpu-box", f"cpu-{node}")])
     assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
     assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave nothing behind
-    assert "wrote 8 files" in err
+    assert "wrote 11 files" in err
     assert out in (tmp_path / "summary.md").read_text()
 
 
@@ -291,9 +292,10 @@ def test_a_new_report_removes_what_an_earlier_one_wrote(tmp_path, capsys):
     node = raw()["machine_info"]["node"]
     # one CPU run: its device column is plain "cpu" now; the two-machine and GPU figures are gone
     assert sorted(n for n in names if n.endswith(".png")) == [
-        "accuracy_vs_params_quick_small.png", "latency_vs_params_quick_small_cpu.png"]
+        "accuracy_vs_params_quick_small.png", "latency_vs_params_quick_small_cpu.png",
+        "speedup_vs_theoretical_quick_small_cpu.png"]
     assert "notes.txt" in names
-    assert (f"removed 4 stale files of an earlier report: gpu_vs_cpu_quick_small_cuda.png, "
+    assert (f"removed 7 stale files of an earlier report: gpu_vs_cpu_quick_small_cuda.png, "
             f"latency_vs_params_quick_small_cpu-gpu-box.png, latency_vs_params_quick_small_cpu-{node}.png, "
             f"latency_vs_params_quick_small_cuda.png") in capsys.readouterr().err
 

@@ -164,6 +164,45 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
     return _save(fig, path)
 
 
+def plot_speedup(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
+    """Measured speed-up (median of paired rounds, bar = its 95 % CI) against the theoretical one
+    (base MACs / case MACs), one panel per batch size; the dashed diagonal is "MACs turned into time"."""
+    drows = [r for r in rows if r["device_label"] == device and r["measured_speedup"] is not None]
+    if not drows:
+        return None
+    looks = _looks(rows)
+    batch_sizes = sorted({r["batch_size"] for r in drows})
+    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
+    for bs, ax in _latency_axes(fig, batch_sizes).items():
+        brows = [r for r in drows if r["batch_size"] == bs]
+        top = max(max(r["theoretical_speedup"] for r in brows), max((r["measured_speedup_ci"] or [0, 0])[1]
+                                                                    for r in brows))
+        ax.plot([1, top], [1, top], color="gray", linestyle="--", linewidth=1, label="theoretical (MACs)")
+        for name, rs in _series(brows).items():
+            xs = [r["theoretical_speedup"] for r in rs]
+            ys = [r["measured_speedup"] for r in rs]
+            cis = [r["measured_speedup_ci"] or [y, y] for r, y in zip(rs, ys)]
+            ax.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
+                        capsize=3, label=name, **looks[name])
+        base = [r for r in brows if r["method"] == BASE_METHOD][:1]
+        if base:
+            b = base[0]
+            low, high = b["measured_speedup_ci"] or [b["measured_speedup"]] * 2
+            ax.errorbar([1.0], [b["measured_speedup"]], yerr=[[b["measured_speedup"] - low],
+                                                              [high - b["measured_speedup"]]],
+                        marker="*", markersize=14, color="black", linestyle="none", capsize=3,
+                        label="base vs its twin (A/A)", zorder=5)
+        ax.set_title(f"batch size {bs}", fontsize=10)
+        ax.set_xlabel("theoretical speed-up (base MACs / case MACs)")
+        ax.set_ylabel("measured speed-up, paired rounds (95 % CI)")
+        ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"What pruning buys on {device} — {title}", fontsize=11)
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
+
+
 def _plain_log_labels(ax) -> None:
     """Label a log y axis with plain numbers (0.4, 3, 60, not 4×10⁻¹), and label in-between ticks only
     as far as they fit: all of them within a 3× range, 2-3-5 within 30×, none beyond."""
@@ -231,6 +270,8 @@ def write_plots(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
         for device in devices:
             written.append(plot_latency(grows, device, title,
                                         out / f"latency_vs_params_{stem}_{_slug(device)}.png"))
+            written.append(plot_speedup(grows, device, title,
+                                        out / f"speedup_vs_theoretical_{stem}_{_slug(device)}.png"))
         for device in devices:
             if any(r["vs_cpu_device"] for r in grows if r["device_label"] == device):
                 written.append(plot_gpu_vs_cpu(grows, device, title,
