@@ -14,7 +14,7 @@ harness's fixed thread count, so runtimes are compared on the same cores.
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -34,19 +34,22 @@ INPUT, OUTPUT = "input", "logits"
 
 
 def _missing(*modules: str) -> str | None:
-    """The first of ``modules`` that cannot be imported (a None entry in sys.modules counts as missing)."""
-    import sys
+    """None when every module imports, else ``"<module>, which is not installed"`` or why it fails.
+
+    Importing (not just finding) catches broken installs, e.g. a wheel missing a shared library; it
+    happens on the first call only, never when vggprune is imported.
+    """
+    import importlib
 
     for name in modules:
-        if name in sys.modules:
-            if sys.modules[name] is None:
-                return name
-            continue
         try:
-            if importlib.util.find_spec(name) is None:
-                return name
-        except (ImportError, ValueError):
-            return name
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            return f"{name}, which is not installed"
+        except ImportError as exc:  # includes a None entry in sys.modules, i.e. import blocked
+            if sys.modules.get(name, 0) is None:
+                return f"{name}, which is not installed"
+            return f"{name}, which fails to import ({str(exc).splitlines()[0][:120]})"
     return None
 
 
@@ -85,7 +88,7 @@ class OnnxRuntimeRuntime(Runtime):
     def unavailable(self, device: str) -> str | None:
         missing = _missing("onnxruntime", "onnx", "onnxscript")
         if missing:
-            return f"{self.name} needs {missing}, which is not installed: {DEPLOY_HINT}"
+            return f"{self.name} needs {missing}: {DEPLOY_HINT}"
         reason = super().unavailable(device)
         if reason:
             return reason
@@ -173,7 +176,7 @@ class OpenVINORuntime(Runtime):
     def unavailable(self, device: str) -> str | None:
         missing = _missing("openvino", "onnx", "onnxscript")
         if missing:
-            return f"{self.name} needs {missing}, which is not installed: {DEPLOY_HINT}"
+            return f"{self.name} needs {missing}: {DEPLOY_HINT}"
         if device != "cpu":
             return f"openvino runs on cpu only here (its GPU plugin is for Intel GPUs), not on {device}"
         return super().unavailable(device)
