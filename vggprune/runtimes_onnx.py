@@ -67,8 +67,9 @@ def export_onnx(model: torch.nn.Module, example_batch: torch.Tensor, artifact_di
         # Batch 2 as the example: torch.export specialises a dimension of size 1 to a constant.
         x = torch.randn(2, c, h, w)
         batch = torch.export.Dim("batch", min=1)
-        program = torch.onnx.export(model.eval(), (x,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                    dynamic_shapes=({0: batch},), external_data=True, verbose=False)
+        with torch.inference_mode(False):  # torch.export cannot trace inference tensors
+            program = torch.onnx.export(model.eval(), (x,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                                        dynamic_shapes=({0: batch},), external_data=True, verbose=False)
         program.save(str(tmp / ONNX_FILE), external_data=True)
 
     final, reused = published_dir(artifact_dir / "onnx", meta, build)

@@ -68,8 +68,9 @@ class _TorchRuntime(Runtime):
     def _prepare(self, model, device, memory_format, example_batch, artifact_dir):
         module = self._module(model)
         files, reused = self._files(model, module, artifact_dir)
-        # A separate copy for the device, so the caller's CPU model stays as it was.
-        module = copy.deepcopy(module).to(device=device, memory_format=MEMORY_FORMATS[memory_format]).eval()
+        if module is model:  # a separate copy for the device, so the caller's CPU model stays as it was
+            module = copy.deepcopy(model)
+        module = module.to(device=device, memory_format=MEMORY_FORMATS[memory_format]).eval()
         return Runner(self.name, device, self._wrap(module, example_batch), files=files, size_bytes=dir_size(files),
                       input_memory_format=memory_format, reused=reused)
 
