@@ -288,3 +288,42 @@ def test_verify_with_precomputed_reference(models):
     a, b = verify(runner, None, batches, reference=ref), verify(runner, model, batches)
     assert a == b and isinstance(a, Verification) and a.images == 14
     assert Verification("x", 0, 0, 0, 0.0, 0.0).failure() == "x: outputs not verified: no images"
+
+
+def test_onnxruntime_cuda_forward_binds_torch_memory_in_place():
+    """IO binding hands ORT the input's and a fresh output tensor's device pointers (spied session)."""
+    _need("onnxruntime")
+    from vggprune.runtimes_onnx import _cuda_forward
+
+    class Output:
+        shape = ["batch", 10]
+
+    class Binding:
+        def __init__(self):
+            self.calls = []
+
+        def bind_input(self, *args):
+            self.calls.append(("input", *args))
+
+        def bind_output(self, *args):
+            self.calls.append(("output", *args))
+
+    class Session:
+        binding = Binding()
+
+        def get_outputs(self):
+            return [Output()]
+
+        def io_binding(self):
+            return self.binding
+
+        def run_with_iobinding(self, binding):
+            self.ran = binding
+
+    session = Session()
+    batch = torch.zeros(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)  # CPU stands in for CUDA
+    out = _cuda_forward(session)(batch)
+    assert out.shape == (4, 10) and session.ran is session.binding
+    (_, name_in, dev_in, _, _, shape_in, _), (_, name_out, dev_out, _, _, shape_out, ptr_out) = session.binding.calls
+    assert (name_in, dev_in, shape_in) == ("input", "cuda", (4, 3, 32, 32))
+    assert (name_out, dev_out, shape_out, ptr_out) == ("logits", "cuda", (4, 10), out.data_ptr())
