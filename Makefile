@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,deploy]'
 	touch $(STAMP)
 
 # The main job: every (method, rate, scope, device, batch) case, gated, timed, written to JSON,

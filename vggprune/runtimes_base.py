@@ -1,0 +1,194 @@
+"""What every runtime shares: the :class:`Runtime` interface, the :class:`Runner` it returns, and the
+cached, atomically published artefact directories (state_dict files, ONNX exports) runners ship.
+
+A runtime is a small class: ``unavailable(device)`` says in one line why it cannot run (or None), and
+``prepare(...)`` turns an eval-mode VGG11 into a :class:`Runner`, a callable ``batch -> logits``.
+Heavy optional packages (onnxruntime, openvino, onnx) are imported inside those methods only, so
+importing vggprune never needs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vggprune.latency import MEMORY_FORMATS
+
+DEPLOY_HINT = "pip install -e '.[deploy]'"
+
+
+class Runner:
+    """One model, ready to run in one runtime on one device: ``runner(batch) -> logits``.
+
+    ``batch`` is an NCHW float32 tensor on ``device`` in any memory format; the logits come back as a
+    torch tensor on ``device``, so they compare directly with eager PyTorch. Give the timed batch the
+    layout :meth:`adapt` makes (``input_memory_format``) so no layout copy lands in the timed call.
+
+    Attributes a harness records: ``runtime``, ``device``, ``files`` (what a user would ship),
+    ``size_bytes`` (their total size on disk), ``reused`` (True when cached files were reused
+    instead of written/exported now), ``prepare_seconds`` (export/save + session build/compile +
+    the first call on the example batch) and ``details`` (runtime-specific, e.g. ORT providers).
+    """
+
+    def __init__(self, runtime: str, device: str, forward: Callable[[torch.Tensor], torch.Tensor], *,
+                 files: list[Path], size_bytes: int, input_memory_format: str = "contiguous",
+                 reused: bool = False, details: dict[str, Any] | None = None) -> None:
+        self.runtime, self.device = runtime, device
+        self._forward = forward
+        self.files, self.size_bytes = list(files), int(size_bytes)
+        self.input_memory_format = input_memory_format
+        self.reused = reused
+        self.prepare_seconds: float | None = None  # set by Runtime.prepare
+        self.details = details or {}
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._forward(batch)
+
+    def adapt(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` on this runner's device in the layout it takes without a copy."""
+        return batch.to(self.device).contiguous(memory_format=MEMORY_FORMATS[self.input_memory_format])
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready fields for a case record."""
+        return {"runtime": self.runtime, "size_bytes": self.size_bytes, "files": [str(f) for f in self.files],
+                "files_reused": self.reused, "prepare_s": self.prepare_seconds, **self.details}
+
+    def __repr__(self) -> str:
+        return f"Runner({self.runtime!r}, {self.device!r}, {self.size_bytes} bytes)"
+
+
+class Runtime:
+    """Base class: subclasses set ``name`` and implement :meth:`unavailable` and :meth:`_prepare`."""
+
+    name: str = ""
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+    def unavailable(self, device: str) -> str | None:
+        """None when this runtime can run on ``device`` here, else one line: why, and how to get it."""
+        if device not in self.devices:
+            return f"{self.name} does not run on {device} (it supports: {', '.join(self.devices)})"
+        if device == "cuda" and not torch.cuda.is_available():
+            return f"{self.name} on cuda needs a CUDA GPU and a CUDA build of torch; none is available here"
+        return None
+
+    def prepare(self, model: torch.nn.Module, device: str, memory_format: str, example_batch: torch.Tensor,
+                artifact_dir: Path | None = None) -> Runner:
+        """A :class:`Runner` for ``model`` (an eval-mode VGG11 on CPU, left unchanged).
+
+        ``example_batch`` fixes the input's channels and size (and the first compiled shape); it is
+        run once, so compile and first-run costs land here, not in the timed rounds. Files go in
+        ``artifact_dir`` (the caller keys it per model, e.g. beside the cached checkpoint) and are
+        reused when already there for this model; with None they go in a temporary directory that
+        is removed again (``files`` is then empty, ``size_bytes`` still measured).
+        """
+        import time
+
+        reason = self.unavailable(device)
+        if reason:
+            from vggprune.errors import UserError
+
+            raise UserError(reason)
+        t0 = time.perf_counter()
+        if artifact_dir is None:
+            with tempfile.TemporaryDirectory(prefix=f"vggprune-{self.name}-") as tmp:
+                runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(tmp))
+                runner.files = []  # gone with the temporary directory; their size is kept
+        else:
+            runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(artifact_dir))
+        runner(runner.adapt(example_batch))
+        runner.prepare_seconds = round(time.perf_counter() - t0, 3)
+        return runner
+
+    def _prepare(self, model: torch.nn.Module, device: str, memory_format: str, example_batch: torch.Tensor,
+                 artifact_dir: Path) -> Runner:
+        raise NotImplementedError
+
+
+# Artefacts --------------------------------------------------------------------------------------------
+META = "meta.json"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer (names, shapes, bytes): cached files belong to these weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)  # 1-d: 0-d tensors cannot be viewed as bytes
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    try:  # read it without changing it (os.umask can only set)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def dir_size(files: list[Path]) -> int:
+    return sum(f.stat().st_size for f in files)
+
+
+def published_dir(final: Path, meta: dict[str, Any], build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """``final`` holding what ``build(tmp_dir)`` writes, for the model and settings in ``meta``.
+
+    Returns ``(final, reused)``. When ``final`` already holds a build with the same ``meta`` it is
+    reused untouched. Otherwise ``build`` writes into a temporary sibling directory (permissions
+    from the umask, not mkdtemp's 0700), ``meta.json`` is written last, and the directory is renamed
+    into place, so readers and concurrent runs see a complete build or none. If another process
+    published first, its build is used and ours discarded.
+    """
+    if _meta_matches(final, meta):
+        return final, True
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        build(tmp)
+        (tmp / META).write_text(json.dumps(meta, sort_keys=True, indent=1))
+        stale = None
+        if final.exists():  # a build for other weights or settings: move it aside, then replace it
+            stale = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+            os.replace(final, stale / final.name)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _meta_matches(final, meta):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run published the same build first
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, False
+
+
+def _meta_matches(final: Path, meta: dict[str, Any]) -> bool:
+    try:
+        return json.loads((final / META).read_text()) == json.loads(json.dumps(meta))
+    except (OSError, ValueError):
+        return False
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"

@@ -1,0 +1,209 @@
+"""The ONNX runtimes: ``onnxruntime`` (CPU; CUDA with onnxruntime-gpu) and ``openvino`` (CPU).
+
+Both run the same export: ``torch.onnx.export(..., dynamo=True)`` with a dynamic batch dimension,
+written once per set of weights as ``artifact_dir/onnx/model.onnx`` plus its external-data file
+``model.onnx.data`` (both are needed; together they are what a user ships). One export serves every
+batch size: exporting takes seconds and writes the whole model again (about 0.5 GB for the seed
+model), and both runtimes plan for the shapes they are given anyway (OpenVINO is even re-shaped to
+the static batch shape before compiling, see :class:`OpenVINORuntime`).
+
+Thread settings suit cores shared with other processes: ORT's intra-op pool does not spin
+(``session.intra_op.allow_spinning = 0``) and both use ``torch.get_num_threads()`` threads, the
+harness's fixed thread count, so runtimes are compared on the same cores.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from vggprune.runtimes_base import (
+    DEPLOY_HINT,
+    Runner,
+    Runtime,
+    dir_size,
+    model_fingerprint,
+    package_version,
+    published_dir,
+)
+
+ONNX_FILE = "model.onnx"
+INPUT, OUTPUT = "input", "logits"
+
+
+def _missing(*modules: str) -> str | None:
+    """None when every module imports, else ``"<module>, which is not installed"`` or why it fails.
+
+    Importing (not just finding) catches broken installs, e.g. a wheel missing a shared library; it
+    happens on the first call only, never when vggprune is imported.
+    """
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            return f"{name}, which is not installed"
+        except ImportError as exc:  # includes a None entry in sys.modules, i.e. import blocked
+            if sys.modules.get(name, 0) is None:
+                return f"{name}, which is not installed"
+            return f"{name}, which fails to import ({str(exc).splitlines()[0][:120]})"
+    return None
+
+
+def export_onnx(model: torch.nn.Module, example_batch: torch.Tensor, artifact_dir: Path) -> tuple[list[Path], bool]:
+    """``[model.onnx, model.onnx.data]`` in ``artifact_dir/onnx``, exported unless already there.
+
+    Returns ``(files, reused)``. The export is keyed by the weights' fingerprint, the input's
+    channels and size, and the exporter's versions, so stale files are re-exported, never reused.
+    """
+    _, c, h, w = example_batch.shape
+    meta = {"kind": "onnx", "fingerprint": model_fingerprint(model), "input": [c, h, w], "batch": "dynamic",
+            "torch": torch.__version__, "onnxscript": package_version("onnxscript")}
+
+    def build(tmp: Path) -> None:
+        # Batch 2 as the example: torch.export specialises a dimension of size 1 to a constant.
+        x = torch.randn(2, c, h, w)
+        batch = torch.export.Dim("batch", min=1)
+        with torch.inference_mode(False):  # torch.export cannot trace inference tensors
+            program = torch.onnx.export(model.eval(), (x,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                                        dynamic_shapes=({0: batch},), external_data=True, verbose=False)
+        program.save(str(tmp / ONNX_FILE), external_data=True)
+
+    final, reused = published_dir(artifact_dir / "onnx", meta, build)
+    files = sorted(p for p in final.iterdir() if p.name.startswith(ONNX_FILE))
+    return files, reused
+
+
+def _to_numpy(batch: torch.Tensor):
+    return batch.detach().contiguous().numpy()  # NCHW, no copy when already contiguous
+
+
+class OnnxRuntimeRuntime(Runtime):
+    """ONNX Runtime: CPU execution provider, CUDA provider on ``cuda`` (needs onnxruntime-gpu)."""
+
+    name = "onnxruntime"
+
+    def unavailable(self, device: str) -> str | None:
+        missing = _missing("onnxruntime", "onnx", "onnxscript")
+        if missing:
+            return f"{self.name} needs {missing}: {DEPLOY_HINT}"
+        reason = super().unavailable(device)
+        if reason:
+            return reason
+        if device == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                return ("onnxruntime has no CUDA provider here: pip uninstall onnxruntime && "
+                        "pip install onnxruntime-gpu (matching your CUDA version)")
+        return None
+
+    @staticmethod
+    def session_options():
+        import onnxruntime
+
+        so = onnxruntime.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # A spinning pool burns the cores other processes (and our own timer) need on a shared machine.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return so
+
+    @staticmethod
+    def providers(device: str) -> list:
+        if device != "cuda":
+            return ["CPUExecutionProvider"]
+        # ORT runs on torch's current stream, so the harness's torch.cuda.synchronize() covers its
+        # kernels and inputs written by torch are ready before ORT reads them.
+        index = torch.cuda.current_device()
+        stream = torch.cuda.current_stream(index).cuda_stream
+        return [("CUDAExecutionProvider", {"device_id": str(index), "user_compute_stream": str(stream),
+                                           "has_user_compute_stream": "1"}), "CPUExecutionProvider"]
+
+    def _prepare(self, model, device, memory_format, example_batch, artifact_dir):
+        import onnxruntime
+
+        files, reused = export_onnx(model, example_batch, artifact_dir)
+        session = onnxruntime.InferenceSession(str(files[0]), self.session_options(), providers=self.providers(device))
+        forward = _cuda_forward(session) if device == "cuda" else _cpu_forward(session)
+        return Runner(self.name, device, forward, files=files, size_bytes=dir_size(files), reused=reused,
+                      details={"providers": session.get_providers(), "onnxruntime": onnxruntime.__version__})
+
+
+def _cpu_forward(session):
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([OUTPUT], {INPUT: _to_numpy(batch)})[0])
+
+    return forward
+
+
+def _cuda_forward(session):
+    """Run on CUDA tensors in place (IO binding): no host round trip, logits stay on the GPU."""
+    import numpy as np
+
+    num_classes = session.get_outputs()[0].shape[1]
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.contiguous()
+        out = torch.empty((batch.shape[0], num_classes), device=batch.device, dtype=torch.float32)
+        binding = session.io_binding()
+        index = batch.device.index or 0
+        binding.bind_input(INPUT, "cuda", index, np.float32, tuple(batch.shape), batch.data_ptr())
+        binding.bind_output(OUTPUT, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        session.run_with_iobinding(binding)
+        return out
+
+    return forward
+
+
+class OpenVINORuntime(Runtime):
+    """OpenVINO on CPU, f32 (it may otherwise pick bf16 on AVX512-BF16 CPUs), latency hint.
+
+    The exported graph has a dynamic batch; each batch size the runner sees gets its own compiled
+    model, re-shaped to that static shape first (static shapes let the CPU plugin plan memory and
+    kernels once), compiled on first use. OpenVINO's GPU plugin targets Intel GPUs, so this runtime
+    is CPU-only: CPU tensors in, CPU logits out.
+    """
+
+    name = "openvino"
+    devices = ("cpu",)
+
+    def unavailable(self, device: str) -> str | None:
+        missing = _missing("openvino", "onnx", "onnxscript")
+        if missing:
+            return f"{self.name} needs {missing}: {DEPLOY_HINT}"
+        if device != "cpu":
+            return f"openvino runs on cpu only here (its GPU plugin is for Intel GPUs), not on {device}"
+        return super().unavailable(device)
+
+    @staticmethod
+    def config() -> dict:
+        return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+
+    def _prepare(self, model, device, memory_format, example_batch, artifact_dir):
+        import openvino
+
+        files, reused = export_onnx(model, example_batch, artifact_dir)
+        core = openvino.Core()
+        graph = core.read_model(str(files[0]))  # held in memory: later batch sizes need no files
+        compiled: dict[tuple[int, ...], object] = {}
+        config = self.config()
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            shape = tuple(batch.shape)
+            if shape not in compiled:
+                static = graph.clone()
+                static.reshape({INPUT: list(shape)})
+                compiled[shape] = core.compile_model(static, "CPU", config)
+            # Inputs shared (no copy), outputs copied out of the request's buffer (share_outputs=False).
+            return torch.from_numpy(compiled[shape](_to_numpy(batch), share_inputs=True, share_outputs=False)[0])
+
+        return Runner(self.name, device, forward, files=files, size_bytes=dir_size(files), reused=reused,
+                      details={"openvino": openvino.__version__, "ov_config": {k: str(v) for k, v in config.items()}})
