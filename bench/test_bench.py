@@ -29,6 +29,11 @@ def test_inference(benchmark, harness, case):
     assert failure is None, f"{case.id}: {failure}"
     accuracy_failure, _ = harness.accuracy_gate(prepared)
     assert accuracy_failure is None, f"not timed: {accuracy_failure}"
+    unavailable = harness.runtime_unavailable(case)
+    if unavailable:
+        pytest.skip(unavailable)
+    runtime_failure = harness.runtime_failure(case)  # outputs checked against eager before timing
+    assert runtime_failure is None, f"not timed: {runtime_failure}"
 
     base, forward = harness.forwards(case)
     paired = harness.pairing(case, base)

@@ -18,7 +18,7 @@ import torch
 
 from vggprune.counting import count_params_macs
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_params
-from vggprune.identity import BASE, Case, ModelKey
+from vggprune.identity import BASE, DEFAULT_RUNTIME, Case, ModelKey
 from vggprune.latency import CpuWatch, PairedRounds, TimedForward, make_batch, prepare_for_inference, summarize
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
@@ -38,6 +38,8 @@ class PreparedModel:
     top1_before_finetune: float | None = None
     correct_before_finetune: str | None = None
     on_device: dict[str, torch.nn.Module] = field(default_factory=dict)
+    runners: dict[str, object] = field(default_factory=dict)  # (runtime, device, copy) → runtimes.Runner
+    verified: dict[str, object] = field(default_factory=dict)  # (runtime, device) → runtimes.Verification
     _sha: str | None = None
 
     @property
@@ -141,17 +143,77 @@ class Harness:
         return prepared.on_device[slot]
 
     # timing ----------------------------------------------------------------------------------
+    def runtime_unavailable(self, case: Case) -> str | None:
+        """None when the case's runtime can run on its device here, else one line: why and how to get it."""
+        if case.runtime == DEFAULT_RUNTIME:
+            return None
+        from vggprune.runtimes import get_runtime
+
+        return get_runtime(case.runtime).unavailable(case.device)
+
+    def runner(self, prepared: PreparedModel, runtime: str, device: str, copy: str = ""):
+        """``prepared``'s model in a deployment runtime (exported once, files kept in the checkpoint cache)."""
+        from vggprune.runtimes import get_runtime
+
+        slot = f"{runtime}/{device}{copy}"
+        if slot not in prepared.runners:
+            example = make_batch(1, self.profile.image_size, "cpu")
+            artifacts = self.pipeline.cache.root / "exports" / prepared.key.cache_name(
+                self.profile.name, self.profile.model) if self.pipeline.cache.enabled else None
+            prepared.runners[slot] = get_runtime(runtime).prepare(prepared.model, device,
+                                                                  self.settings.memory_format, example, artifacts)
+        return prepared.runners[slot]
+
+    def verify_runtime(self, prepared: PreparedModel, runtime: str, device: str):
+        """The runtime's outputs against eager PyTorch on the test split (a fixed random batch without
+        data), once per model, runtime and device: a runtime that disagrees must not be timed."""
+        from vggprune.runtimes import verify
+
+        slot = f"{runtime}/{device}"
+        if slot not in prepared.verified:
+            if self.pipeline.data_missing_reason:
+                batches = make_batch(8, self.profile.image_size, "cpu", seed=1)
+            else:
+                batches = self.pipeline.data().test
+            prepared.verified[slot] = verify(self.runner(prepared, runtime, device), prepared.model, batches)
+        return prepared.verified[slot]
+
+    def runtime_failure(self, case: Case) -> str | None:
+        """Why the case's (or its base's) runtime outputs may not be timed; None for eager."""
+        if case.runtime == DEFAULT_RUNTIME:
+            return None
+        for prepared in {id(p): p for p in (self.base, self.prepared(case.model))}.values():
+            failure = self.verify_runtime(prepared, case.runtime, case.device).failure()
+            if failure:
+                return f"{prepared.key.label()}: {failure}"
+        return None
+
+    def _timed_model(self, prepared: PreparedModel, case: Case, copy: str = ""):
+        if case.runtime == DEFAULT_RUNTIME:
+            return self.model_on(prepared, case.device, copy)
+        return self.runner(prepared, case.runtime, case.device, copy)
+
     def forwards(self, case: Case) -> tuple[TimedForward, TimedForward]:
-        """(base, case) timed callables on the case's device and batch; the base case is paired with
-        an identical twin of itself (an A/A check whose speed-up must come out near 1)."""
+        """(base, case) timed callables on the case's device and batch, in the case's runtime; the base
+        case is paired with an identical twin of itself (an A/A check whose speed-up must be near 1)."""
         batch = make_batch(case.batch_size, self.profile.image_size, case.device,
                            memory_format=self.settings.memory_format)
-        base_model = self.model_on(self.base, case.device)
+        base_model = self._timed_model(self.base, case)
         if case.model.is_base:
-            case_model = self.model_on(self.base, case.device, copy="twin")
+            case_model = self._timed_model(self.base, case, copy="twin")
         else:
-            case_model = self.model_on(self.prepared(case.model), case.device)
+            case_model = self._timed_model(self.prepared(case.model), case)
+        if case.runtime != DEFAULT_RUNTIME:
+            batch = case_model.adapt(batch)  # the layout the runtime takes without a copy
         return TimedForward(base_model, batch), TimedForward(case_model, batch)
+
+    def size_mb(self, prepared: PreparedModel, runtime: str, device: str) -> float:
+        """What a user ships: the state_dict's tensors for eager, the runtime's files otherwise."""
+        if runtime == DEFAULT_RUNTIME:
+            size = sum(t.numel() * t.element_size() for t in prepared.model.state_dict().values())
+        else:
+            size = self.runner(prepared, runtime, device).size_bytes
+        return round(size / 1e6, 4)
 
     def pairing(self, case: Case, base_forward: TimedForward) -> PairedRounds:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``; the shuffle is seeded
@@ -184,6 +246,12 @@ class Harness:
         return failure, None
 
     # results ---------------------------------------------------------------------------------
+    def _verification(self, prepared: PreparedModel, case: Case) -> dict:
+        if case.runtime == DEFAULT_RUNTIME:
+            return {"runtime_agreement": None, "runtime_max_rel_diff": None}
+        check = self.verify_runtime(prepared, case.runtime, case.device)
+        return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": float(check.max_rel_diff)}
+
     def record(self, case: Case, seconds: list[float], base_seconds: list[float], gpu_ms: list[float],
                watch: CpuWatch | None) -> CaseRecord:
         """The case's typed record: identity, model facts, accuracy evidence, latency and quietness."""
@@ -202,11 +270,12 @@ class Harness:
             params=prepared.params, macs=prepared.macs, base_params=base.params, base_macs=base.macs,
             theoretical_speedup=round(base.macs / prepared.macs, 4),
             conv_widths=list(prepared.model.spec.conv_widths), fc_widths=list(prepared.model.spec.fc_widths),
-            size_mb=None, weights_sha256=prepared.weights_sha256,
+            size_mb=self.size_mb(prepared, case.runtime, case.device), weights_sha256=prepared.weights_sha256,
             accuracy=prepared.top1, accuracy_ci=_ci(prepared.correct), correct=prepared.correct,
             accuracy_reason=prepared.reason if prepared.top1 is None else None, top5=prepared.top5,
             base_accuracy=base.top1, accuracy_before_finetune=prepared.top1_before_finetune,
             accuracy_before_finetune_ci=_ci(before),
+            **self._verification(prepared, case),
             base_times_s=[float(s) for s in base_seconds],
             other_cpu_cores=watch.other_cores if watch else None,
             loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
