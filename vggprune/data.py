@@ -262,9 +262,10 @@ def image_transforms(image_size: int) -> tuple[Callable, Callable]:
 # --- digits ----------------------------------------------------------------------------------------
 
 def _describe_digits() -> DataInfo:
-    import sklearn
+    from importlib.metadata import version
 
-    identity = {"dataset": "digits", "sklearn": sklearn.__version__, "split_seed": DIGITS_SPLIT_SEED,
+    # The installed version without importing sklearn (and scipy): describe() runs at pytest configure.
+    identity = {"dataset": "digits", "sklearn": version("scikit-learn"), "split_seed": DIGITS_SPLIT_SEED,
                 "val_fraction": DIGITS_VAL_FRACTION, "test_fraction": DIGITS_TEST_FRACTION,
                 "max_shift": DIGITS_MAX_SHIFT, "upsample": "bilinear"}
     return DataInfo("digits", None, 10, None, identity)
