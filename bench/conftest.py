@@ -3,20 +3,52 @@ the JSON's machine info, and the run's quietness summary. All the work is in vgg
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from vggprune.harness import Harness, cpu_model, device_name, library_versions
 
+HERE = Path(__file__).resolve().parent
+# The committed gate files; the library never locates them itself (--thresholds/--expected-params override).
+THRESHOLDS = HERE / "thresholds.json"
+EXPECTED_PARAMS = HERE / "expected_params.json"
+
+
+def check_inputs(settings) -> None:
+    """Every input file the harness will read, checked now: a usage error here, not an ERROR per test."""
+    from vggprune.data import describe
+    from vggprune.gates import ExpectedParams, Thresholds
+    from vggprune.weights import read_state_dict
+
+    ExpectedParams.load(settings.expected_params_file)
+    Thresholds.load(settings.thresholds_file)
+    if settings.weights is not None:
+        read_state_dict(settings.weights)
+    describe(settings.profile.dataset, settings.data_root)  # raises on e.g. mismatched class folders
+
 
 def pytest_configure(config: pytest.Config) -> None:
+    from vggprune.errors import UserError
+
     # xdist workers share the cores: every timed round would wait for the others' threads.
     if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("pytest bench/ times inference and cannot run under pytest-xdist (-n): "
                                 "workers contend for the same cores; run it without -n")
-    torch.set_num_threads(config._vggprune_settings.threads)  # fixed for the run, and recorded
+
+    settings = dataclasses.replace(
+        config._vggprune_settings,
+        thresholds_file=config._vggprune_settings.thresholds_file or THRESHOLDS,
+        expected_params_file=config._vggprune_settings.expected_params_file or EXPECTED_PARAMS)
+    try:
+        check_inputs(settings)
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config._vggprune_settings = settings
+    torch.set_num_threads(settings.threads)  # fixed for the run, and recorded
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -31,7 +31,7 @@ def test_seed_profile_defaults_match_the_study():
 
 
 def test_overrides_and_non_default_axes_show_in_ids():
-    s = settings(rates="0.5,0.25,0.5", methods="by-hand", scope="all", criterion="l1", round_to="8",
+    s = settings(rates="0.5,0.25,0.5", methods="by-hand", scopes="all", criterion="l1", round_to="8",
                  batch_sizes="4", devices="cpu", threads="1")
     assert s.profile.rates == (0.25, 0.5) and s.threads == 1
     assert [c.id for c in s.cases()] == ["quick-base-r0.00-cpu-b4", "quick-by-hand-all-r0.25-l1-x8-cpu-b4",
@@ -49,7 +49,7 @@ def test_auto_devices_follow_cuda_availability():
     ({"rates": "0,1.5"}, "--rates: rate must be a number in [0, 1), got 1.5"),
     ({"rates": "0,x"}, "--rates: rate must be a number in [0, 1), got 'x'"),
     ({"methods": "by-hand,nni"}, "--methods: unknown value nni; allowed: torch-pruning, by-hand"),
-    ({"scope": "head"}, "--scope: unknown value head; allowed: fc, conv, all"),
+    ({"scopes": "head"}, "--scopes: unknown value head; allowed: fc, conv, all"),
     ({"devices": "tpu"}, "--devices: unknown value 'tpu'; allowed: auto, cpu, cuda, cpu,cuda"),
     ({"devices": "cuda"}, "--devices: CUDA was asked for but torch.cuda.is_available() is False"),
     ({"batch_sizes": "1,0"}, "--batch-sizes: '0' is not a positive integer"),

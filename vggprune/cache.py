@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from typing import Any
 
 import torch
 
+from vggprune.atomic import sweep_stale_temps
 from vggprune.checkpoint import atomic_torch_save, model_from_payload, model_payload
+from vggprune.env import CACHE_DIR_ENV, NO_CACHE_ENV, env_value  # noqa: F401 (NO_CACHE_ENV re-exported)
 from vggprune.models import VGG11
 
 try:  # POSIX; elsewhere concurrent runs may duplicate work but still never corrupt a file
@@ -34,12 +37,19 @@ try:  # POSIX; elsewhere concurrent runs may duplicate work but still never corr
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-CACHE_DIR_ENV = "VGGPRUNE_CACHE_DIR"
-NO_CACHE_ENV = "VGGPRUNE_NO_CACHE"
 CACHE_LAYOUT = 1  # bump when the meaning of a cached file changes
 # Modules whose code decides what a trained checkpoint contains.
 _TRAINING_CODE = ("models.py", "data.py", "train.py", "weights.py", "pruning/__init__.py", "pruning/plan.py",
                   "pruning/by_hand.py", "pruning/tp_backend.py")
+
+
+_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(path, threading.Lock())
 
 
 class CacheWarning(UserWarning):
@@ -56,7 +66,7 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The explicit option wins, then ``VGGPRUNE_CACHE_DIR``, then :func:`default_cache_dir`."""
     if cache_dir:
         return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_DIR_ENV)
+    env = env_value(CACHE_DIR_ENV)
     return Path(env).expanduser() if env else default_cache_dir()
 
 
@@ -101,6 +111,17 @@ class CheckpointCache:
     def __init__(self, root: str | os.PathLike | None = None, enabled: bool = True) -> None:
         self.root = resolve_cache_dir(root)
         self.enabled = enabled
+        self._swept = False
+
+    def sweep(self) -> list[Path]:
+        """Delete temporary files that killed runs left behind (a seed checkpoint's is ~530 MB)."""
+        if not self.enabled:
+            return []
+        removed = sweep_stale_temps(self.root / "models")
+        if removed:
+            warnings.warn(f"removed {len(removed)} temporary file(s) left in {self.root / 'models'} by runs "
+                          f"that were killed while writing", CacheWarning, stacklevel=2)
+        return removed
 
     def path_for(self, key: dict[str, Any], label: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
@@ -129,6 +150,9 @@ class CheckpointCache:
         """Write atomically; returns the path, or None (with a warning) if the cache is off or unwritable."""
         if not self.enabled:
             return None
+        if not self._swept:  # once per process, when about to add a file
+            self._swept = True
+            self.sweep()
         path = self.path_for(key, label)
         try:
             atomic_torch_save(model_payload(model, {**extra, "cache_key": canonical(key)}), path)
@@ -140,19 +164,31 @@ class CheckpointCache:
 
     @contextlib.contextmanager
     def lock(self, key: dict[str, Any], label: str) -> Iterator[None]:
-        """Hold an exclusive lock on one entry while it is built (released even if the process dies)."""
+        """Hold an exclusive lock on one entry while it is built (released even if the process dies).
+
+        A POSIX record lock (``lockf``), not ``flock``: it belongs to this process only, so DataLoader
+        workers forked while it is held (and perhaps left alive by an error) do not keep holding it;
+        the descriptor is close-on-exec so no spawned program inherits it either. POSIX locks do not
+        exclude threads of one process, so a per-path thread lock is taken first.
+        """
         if not self.enabled or fcntl is None:
             yield
             return
         lock_path = self.path_for(key, label).with_suffix(".lock")
+        with _thread_lock(lock_path), self._file_lock(lock_path):
+            yield
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _file_lock(lock_path: Path) -> Iterator[None]:
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o666)  # umask applies
         except OSError:  # read-only cache: build without the lock; store() will warn
             yield
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock

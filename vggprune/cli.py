@@ -7,6 +7,7 @@ module exposes ``register(subparsers)`` which adds its parsers with ``set_defaul
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -30,12 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a CI cancel, `timeout`) cleans up exactly like Ctrl-C
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (a DataLoader worker's error arrives with its traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines and lines[0].startswith("Caught ") else " ".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"vggprune {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vggprune {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write that failed despite the up-front checks (disk full, permissions)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"vggprune {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vggprune: interrupted", file=sys.stderr)

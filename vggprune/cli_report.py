@@ -6,14 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from vggprune.options import Once
 from vggprune.report import FORMATS
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from vggprune.atomic import check_output_dir
     from vggprune.report import load_rows, remove_stale, render, write_summaries
 
+    out = check_output_dir(Path(args.out) if args.out else Path(args.runs[0]).parent, "--out")  # before work
     runs, rows = load_rows(args.runs)
-    out = Path(args.out) if args.out else Path(args.runs[0]).parent
     written = write_summaries(runs, rows, out)
     if not args.no_plots:
         from vggprune.plots import write_plots
@@ -47,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN.json", help="pytest bench/ --benchmark-json output")
     p.add_argument("--format", choices=FORMATS, default="github",
                    help="what to print on stdout (default github); the files are written either way")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", action=Once, default=None,
                    help="where summary.md/.csv/.json and the PNGs go (default: the first run's directory)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run_report)

@@ -8,63 +8,67 @@ already exists (the cached case, or any saved model given with ``--checkpoint``)
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 
 from vggprune.errors import UserError
-from vggprune.profiles import PROFILE_NAMES, get_profile
-from vggprune.pruning import CRITERIA, METHODS, SCOPES
+from vggprune.options import TRAINING, Once, add_options, read_options
+from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate
 
 
 def _add_case_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", help=f"{' | '.join(PROFILE_NAMES)} (default quick)")
-    p.add_argument("--method", default="torch-pruning", help=f"{' | '.join(METHODS)} (default torch-pruning)")
-    p.add_argument("--scope", default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
-    p.add_argument("--rate", type=float, default=0.0, help="fraction of units to remove, in [0, 1) (default 0)")
-    p.add_argument("--criterion", default="l2", help=f"{' | '.join(CRITERIA)} (default l2)")
-    p.add_argument("--round-to", type=int, default=1, help="round kept widths down to a multiple (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
-    p.add_argument("--finetune-epochs", type=int, default=None,
-                   help="fine-tuning epochs after pruning, 0 = one-shot (default: the profile's)")
-    p.add_argument("--data-root", default=None, help="where the data lives (env VGGPRUNE_DATA_ROOT)")
-    p.add_argument("--download", action="store_true", help="download Flowers102 if missing (env VGGPRUNE_DOWNLOAD=1)")
-    p.add_argument("--weights", default=None, help="starting weights file for the base model (env VGGPRUNE_WEIGHTS)")
-    p.add_argument("--cache-dir", default=None,
-                   help="checkpoint cache (env VGGPRUNE_CACHE_DIR; default $XDG_CACHE_HOME/vggprune)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (env VGGPRUNE_NO_CACHE=1)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    # The training options are the harness's own (vggprune.options): same names, help and env twins.
+    add_options(p.add_argument, TRAINING + ("criterion", "round_to"))
+    p.add_argument("--method", action=Once, default="torch-pruning",
+                   help=f"{' | '.join(METHODS)} (default torch-pruning)")
+    p.add_argument("--scope", action=Once, default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
+    p.add_argument("--rate", action=Once, type=float, default=0.0,
+                   help="fraction of units to remove, in [0, 1) (default 0)")
+    p.add_argument("--device", action=Once, default=None, help="cpu or cuda (default: cuda when available)")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="always show progress bars (default: only on a terminal outside CI)")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show them")
 
 
+def _check_case(args: argparse.Namespace) -> None:
+    """Validate the case before any data is touched or model built."""
+    from vggprune.limits import MAX_ROUND_TO, int_in_range
+    from vggprune.pruning.plan import check_choice
+
+    for kind, value, allowed in (("method", args.method, METHODS), ("scope", args.scope, SCOPES)):
+        check_choice(kind, value, allowed)
+    args.rate = check_rate(args.rate)
+    args.criterion = args.criterion or "l2"
+    check_choice("criterion", args.criterion, CRITERIA)
+    args.round_to = int_in_range("--round-to", args.round_to or "1", 1, MAX_ROUND_TO)
+    if args.device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device: unknown value {args.device!r}; allowed: cpu, cuda")
+
+
 def _pipeline(args: argparse.Namespace):
     from vggprune.pipeline import Pipeline
+    from vggprune.settings import check_data_root, existing_file, resolve_profile
 
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    changes = {}
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if args.finetune_epochs is not None:
-        if args.finetune_epochs < 0:
-            raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-        changes["finetune_epochs"] = args.finetune_epochs
-    profile = dataclasses.replace(profile, **changes)
-    pipe = Pipeline(profile, data_root=args.data_root, download=args.download, weights=args.weights,
-                    cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=args.progress,
+    raw, notes = read_options(lambda dest: getattr(args, dest, None), TRAINING + ("criterion", "round_to"))
+    for note in notes:
+        print(f"vggprune {args.command}: warning: {note}", file=sys.stderr)
+    args.criterion, args.round_to = raw["criterion"], raw["round_to"]
+    profile = resolve_profile(raw)
+    data_root = check_data_root(raw["data_root"])
+    weights = existing_file("--weights", raw["weights"])
+    _check_case(args)
+    pipe = Pipeline(profile, data_root=data_root, download=raw["download"], weights=weights,
+                    cache_dir=raw["cache_dir"], use_cache=not raw["no_cache"], progress=args.progress,
                     device=args.device)
     if pipe.data_missing_reason:  # the harness carries on without data; a command asked for accuracy
         raise UserError(pipe.data_missing_reason)
     return pipe
 
 
-def _case_name(args: argparse.Namespace) -> str:
+def _case_name(args: argparse.Namespace, profile: str) -> str:
     if args.rate == 0:
-        return f"{args.profile}, unpruned"
-    return f"{args.profile}, {args.method} {args.scope} {args.criterion} rate {args.rate:g}"
+        return f"{profile}, unpruned"
+    return f"{profile}, {args.method} {args.scope} {args.criterion} rate {args.rate:g}"
 
 
 def _print_accuracy(name: str, split: str, top1: float, top5: float) -> None:
@@ -72,12 +76,15 @@ def _print_accuracy(name: str, split: str, top1: float, top5: float) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from vggprune.atomic import check_output_file
     from vggprune.checkpoint import save_model
 
+    if args.out:
+        check_output_file(args.out, "--out")  # before hours of training, not after
     pipe = _pipeline(args)
     res = pipe.case(args.method, args.scope, args.rate, criterion=args.criterion, round_to=args.round_to)
     assert res.top1 is not None and res.top5 is not None  # data present, so measured
-    _print_accuracy(_case_name(args), "test", res.top1, res.top5)
+    _print_accuracy(_case_name(args, pipe.profile.name), "test", res.top1, res.top5)
     how = f"loaded from cache in {res.seconds:.1f} s" if res.from_cache else f"built in {res.seconds:.1f} s"
     if res.checkpoint:
         print(f"checkpoint: {res.checkpoint} ({how})")
@@ -94,14 +101,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint)
-        source, name = args.checkpoint, f"{args.profile}, {args.checkpoint}"
+        source, name = args.checkpoint, f"{pipe.profile.name}, {args.checkpoint}"
     else:
         res = pipe.cached(args.method, args.scope, args.rate, criterion=args.criterion, round_to=args.round_to)
         if res is None:
             where = f"none in {pipe.cache.root}" if pipe.cache.enabled else "the cache is off"
-            raise UserError(f"no trained checkpoint for {_case_name(args)} ({where}); run `vggprune train` "
-                            f"with the same options first, or pass --checkpoint PATH")
-        model, source, name = res.model, res.checkpoint, _case_name(args)
+            raise UserError(f"no trained checkpoint for {_case_name(args, pipe.profile.name)} ({where}); "
+                            f"run `vggprune train` with the same options first, or pass --checkpoint PATH")
+        model, source, name = res.model, res.checkpoint, _case_name(args, pipe.profile.name)
     top1, top5 = pipe.evaluate(model, args.split)
     _print_accuracy(name, args.split, top1, top5)
     print(f"checkpoint: {source}")
@@ -111,11 +118,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train (or fetch from the cache) one case and print its test accuracy")
     _add_case_options(p)
-    p.add_argument("--out", default=None, help="also save the trained model here (.pt)")
+    p.add_argument("--out", action=Once, default=None, help="also save the trained model here (.pt)")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="evaluate a cached case, or --checkpoint PATH, on the profile's data")
     _add_case_options(p)
-    p.add_argument("--checkpoint", default=None, help="a saved vggprune model to evaluate instead of the cached case")
+    p.add_argument("--checkpoint", action=Once, default=None,
+                   help="a saved vggprune model to evaluate instead of the cached case")
     p.add_argument("--split", default="test", choices=("val", "test"), help="which split (default test)")
     p.set_defaults(func=run_evaluate)

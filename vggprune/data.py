@@ -24,12 +24,11 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
+from vggprune.env import DATA_ROOT_ENV, DOWNLOAD_ENV, env_flag, env_value  # noqa: F401 (re-exported)
 from vggprune.errors import UserError
 
 DATASETS = ("digits", "flowers102", "imagefolder")
 SPLITS = ("train", "val", "test")
-DATA_ROOT_ENV = "VGGPRUNE_DATA_ROOT"
-DOWNLOAD_ENV = "VGGPRUNE_DOWNLOAD"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -49,11 +48,6 @@ IMAGEFOLDER_HOW = ("point --data-root PATH (or VGGPRUNE_DATA_ROOT) at a director
                    "test/ sub-folders, each holding one folder of images per class")
 
 
-def env_flag(name: str) -> bool:
-    """True when an environment switch such as ``VGGPRUNE_DOWNLOAD=1`` is set to a yes-like value."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def default_data_root() -> Path:
     """``$XDG_DATA_HOME/vggprune`` (``~/.local/share/vggprune``): data is kept, unlike a cache."""
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -64,7 +58,7 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     """The explicit option wins, then ``VGGPRUNE_DATA_ROOT``, then :func:`default_data_root`."""
     if data_root:
         return Path(data_root).expanduser()
-    env = os.environ.get(DATA_ROOT_ENV)
+    env = env_value(DATA_ROOT_ENV)
     return Path(env).expanduser() if env else default_data_root()
 
 
@@ -127,15 +121,65 @@ class DataBundle:
                 ds = RandomShiftBatches(*ds.tensors, self.max_shift, seed)
             sampler = BatchSampler(RandomSampler(ds, generator=gen), self.batch_size, drop_last)
             return DataLoader(ds, batch_size=None, sampler=sampler)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
-                          num_workers=self.num_workers)
+        return _ImageLoader(ds, batch_size=self.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
+                            num_workers=self.num_workers)
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.datasets[split]
         if self.in_memory:
             return DataLoader(ds, batch_size=None,
                               sampler=BatchSampler(SequentialSampler(ds), self.eval_batch_size, False))
-        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+        return _ImageLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+class ImageDecodeError(UserError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+class _ImageLoader(DataLoader):
+    """A DataLoader for image files whose failures are one line and never leave workers behind.
+
+    An exception in a worker comes back as a multi-line "Caught ... in DataLoader worker" message,
+    and the iterator (with its live worker processes) stays referenced by the traceback; here the
+    workers are shut down at once and an undecodable image is re-raised with just its own message.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        it = super().__iter__()
+        try:
+            yield from it
+        except Exception as exc:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            if isinstance(exc, ImageDecodeError):
+                lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+                last = lines[-1] if lines else str(exc)
+                raise ImageDecodeError(last.split("ImageDecodeError: ", 1)[-1]) from None
+            raise
+
+
+def _open_image(path: str):
+    """ImageFolder's loader, but an undecodable file is an ImageDecodeError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"cannot decode image {path}: {type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+def _check_image_header(path: Path) -> str | None:
+    """None if PIL recognises the file's header, else why not (cheap: no pixels are decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - parsed from the header
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None
 
 
 def check_dataset(name: str) -> str:
@@ -218,9 +262,10 @@ def image_transforms(image_size: int) -> tuple[Callable, Callable]:
 # --- digits ----------------------------------------------------------------------------------------
 
 def _describe_digits() -> DataInfo:
-    import sklearn
+    from importlib.metadata import version
 
-    identity = {"dataset": "digits", "sklearn": sklearn.__version__, "split_seed": DIGITS_SPLIT_SEED,
+    # The installed version without importing sklearn (and scipy): describe() runs at pytest configure.
+    identity = {"dataset": "digits", "sklearn": version("scikit-learn"), "split_seed": DIGITS_SPLIT_SEED,
                 "val_fraction": DIGITS_VAL_FRACTION, "test_fraction": DIGITS_TEST_FRACTION,
                 "max_shift": DIGITS_MAX_SHIFT, "upsample": "bilinear"}
     return DataInfo("digits", None, 10, None, identity)
@@ -357,6 +402,10 @@ def _describe_imagefolder(root: Path) -> DataInfo:
                 empty.append(f"{split}/{cls}/")
             for p in images:  # names and sizes: identifies the data without reading every byte
                 digest.update(f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\n".encode())
+                why = _check_image_header(p)  # before any training, not in a worker mid-epoch
+                if why:
+                    raise ImageDecodeError(f"image folder {root}: cannot decode {p.relative_to(root)} ({why}); "
+                                           f"remove or replace it")
     if empty:
         return DataInfo("imagefolder", root, len(classes),
                         f"image folder {root} is incomplete: no images in {', '.join(empty[:5])}"
@@ -368,4 +417,5 @@ def _describe_imagefolder(root: Path) -> DataInfo:
 def _imagefolder_splits(root: Path, train_tf: Callable, eval_tf: Callable) -> dict[str, Dataset]:
     from torchvision.datasets import ImageFolder
 
-    return {s: ImageFolder(str(root / s), transform=train_tf if s == "train" else eval_tf) for s in SPLITS}
+    return {s: ImageFolder(str(root / s), transform=train_tf if s == "train" else eval_tf, loader=_open_image)
+            for s in SPLITS}

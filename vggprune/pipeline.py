@@ -40,9 +40,6 @@ from vggprune.weights import InitSource, build_initial_model, resolve_init, reso
 # Without data nor a class count (imagefolder profile, no folder), the head gets ImageNet's 1000
 # classes, so the torchvision variant is exactly torchvision's vgg11_bn and can still be timed.
 FALLBACK_NUM_CLASSES = 1000
-# Settings that only affect fine-tuning: left out of the base model's key so that changing them
-# does not retrain the base.
-_FINETUNE_ONLY = ("finetune_epochs", "finetune_lr")
 
 
 @dataclass
@@ -88,7 +85,8 @@ class Pipeline:
             raise UserError(f"dataset {profile.dataset} has {found} classes but profile {profile.name}'s "
                             f"model expects {profile.num_classes}")
         self.num_classes: int = profile.num_classes or found or FALLBACK_NUM_CLASSES
-        self.spec: VGGSpec = spec_for(profile.model, self.num_classes)
+        # input_size follows the profile (imagefolder --image-size), so a model can be checked against it
+        self.spec: VGGSpec = replace(spec_for(profile.model, self.num_classes), input_size=profile.image_size)
         self._data: DataBundle | None = None
         self._init: InitSource | None = None
         self._base: CaseResult | None = None
@@ -149,6 +147,11 @@ class Pipeline:
         if model.spec.num_classes != self.num_classes:
             raise UserError(f"the model has {model.spec.num_classes} outputs but dataset {self.profile.dataset} "
                             f"has {self.num_classes} classes")
+        if (model.spec.variant, model.spec.input_size) != (self.profile.model, self.profile.image_size):
+            # e.g. a 224-px seed model on 32-px digits would "work" and score chance
+            raise UserError(f"the model is a {model.spec.variant} model for {model.spec.input_size}-px images but "
+                            f"profile {self.profile.name} uses the {self.profile.model} model at "
+                            f"{self.profile.image_size} px")
         top1, top5, _ = evaluate(model, self.data().loader(split), self.device, self.progress,
                                  desc=f"{self.profile.name} {split}")
         model.to("cpu")
@@ -171,14 +174,15 @@ class Pipeline:
 
     def base_key(self) -> dict[str, Any]:
         """Everything that determines the trained base weights."""
-        training = {k: v for k, v in self.profile.training_key().items() if k not in _FINETUNE_ONLY}
-        return {"layout": "base", "training": training, "spec": self.spec.to_dict(), "data": self.info.identity,
+        # All of the base training config (fine-tuning lives apart in TrainingConfig, so it cannot leak in).
+        return {"layout": "base", "training": self.profile.training.base_key(), "spec": self.spec.to_dict(),
+                "data": self.info.identity,
                 "init": self.init_source().identity, "device": self.device.type, "versions": library_versions()}
 
     def case_key(self, method: str, scope: str, rate: float, criterion: str = "l2",
                  round_to: int = 1) -> dict[str, Any]:
         """Everything that determines a pruned, fine-tuned case's weights (the base key included)."""
-        return {"layout": "case", "base": self.base_key(), "training": self.profile.training_key(),
+        return {"layout": "case", "base": self.base_key(), "training": self.profile.training.key(),
                 "method": method, "scope": scope, "rate": rate, "criterion": criterion, "round_to": round_to}
 
     # --- internals --------------------------------------------------------------------------------

@@ -1,26 +1,71 @@
-"""Named experiment set-ups: which data, which model, how to train, and the harness's default axes.
+"""Named experiment set-ups, split in two: what defines a trained checkpoint and what selects cases.
 
-A profile is the single upstream source of settings; the harness overrides single fields with
-``dataclasses.replace`` from its command-line options, and everything that affects a trained
-checkpoint is part of the cache key via :meth:`Profile.training_key`.
+* :class:`TrainingConfig` is everything that changes trained weights (data, model, schedule, seed…).
+  The checkpoint cache key is derived from *all* of its fields, so a new training setting is keyed
+  the moment it is added; there is no exclusion list to keep in step. Its ``base`` part defines the
+  base model; ``finetune`` only the pruned cases (changing it never retrains the base).
+* :class:`SweepAxes` only chooses which cases run and how they are measured (rates, methods, batch
+  sizes, timing rounds): changing them reuses every cached checkpoint.
+
+A :class:`Profile` is a name plus one of each. For reading, ``profile.base_epochs`` etc. still work
+(each field name lives in exactly one part), and ``dataclasses.replace(profile, seed=1)`` routes a
+field to its part, so callers need not know the split.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 PROFILE_NAMES = ("quick", "seed", "imagefolder")
 RATES_0_TO_50 = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 @dataclass(frozen=True)
-class Profile:
-    name: str
+class BaseTraining:
+    """Defines the trained base model (and, through it, every pruned case)."""
+
     dataset: str  # digits | flowers102 | imagefolder
     model: str  # a vggprune.models variant
     num_classes: int | None  # None: taken from the data
     image_size: int
-    # harness axes (defaults; each has a command-line option)
+    base_epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    schedule: str = "cosine"  # per-step learning-rate schedule: cosine | onecycle (warm-up, then anneal)
+    weight_decay: float = 5e-4
+    train_batch_size: int = 32
+    # The stored top-1 is measured at training time, so its batch size is part of what is cached.
+    eval_batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """Defines a pruned case's fine-tuning (0 epochs = one-shot pruning)."""
+
+    finetune_epochs: int = 2
+    finetune_lr: float = 0.005
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    base: BaseTraining
+    finetune: FineTuning = field(default_factory=FineTuning)
+
+    def base_key(self) -> dict[str, Any]:
+        """Every field that defines the base checkpoint."""
+        return asdict(self.base)
+
+    def key(self) -> dict[str, Any]:
+        """Every field that defines a fine-tuned case's checkpoint (the base's included)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepAxes:
+    """Which cases a run selects and how it times them; never part of a cache key."""
+
     rates: tuple[float, ...] = RATES_0_TO_50
     methods: tuple[str, ...] = ("torch-pruning", "by-hand")
     scopes: tuple[str, ...] = ("fc",)
@@ -29,25 +74,46 @@ class Profile:
     batch_sizes: tuple[int, ...] = (1, 8)
     latency_rounds: int = 20
     latency_warmup: int = 3
-    # training
-    base_epochs: int = 10
-    finetune_epochs: int = 2
-    lr: float = 0.01
-    finetune_lr: float = 0.005
-    momentum: float = 0.9
-    schedule: str = "cosine"  # per-step learning-rate schedule: cosine | onecycle (warm-up, then anneal)
-    weight_decay: float = 5e-4
-    train_batch_size: int = 32
-    eval_batch_size: int = 64
-    seed: int = 0
 
-    def training_key(self) -> dict:
-        """The fields that change trained weights (harness-only axes excluded)."""
-        d = asdict(self)
-        for k in ("rates", "methods", "scopes", "batch_sizes", "latency_rounds", "latency_warmup",
-                  "criterion", "round_to", "eval_batch_size"):
-            d.pop(k)
-        return d
+
+_PARTS = {"base": BaseTraining, "finetune": FineTuning, "axes": SweepAxes}
+# field name -> which part holds it (names are unique across parts: tests/test_profiles.py checks)
+FIELD_PART = {f.name: part for part, cls in _PARTS.items() for f in fields(cls)}
+
+
+@dataclass(frozen=True, init=False)
+class Profile:
+    name: str
+    training: TrainingConfig
+    axes: SweepAxes
+
+    def __init__(self, name: str, training: TrainingConfig | None = None, axes: SweepAxes | None = None,
+                 **flat: Any) -> None:
+        """``Profile(name, dataset=..., model=..., rates=...)``: flat fields are routed to their part."""
+        unknown = sorted(set(flat) - set(FIELD_PART))
+        if unknown:
+            raise TypeError(f"Profile has no field {', '.join(unknown)}")
+        by_part: dict[str, dict[str, Any]] = {p: {} for p in _PARTS}
+        for key, value in flat.items():
+            by_part[FIELD_PART[key]][key] = value
+        if training is None:
+            base = BaseTraining(**by_part["base"])
+            training = TrainingConfig(base, FineTuning(**by_part["finetune"]))
+        else:
+            training = TrainingConfig(replace(training.base, **by_part["base"]),
+                                      replace(training.finetune, **by_part["finetune"]))
+        axes = replace(axes or SweepAxes(), **by_part["axes"])
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "training", training)
+        object.__setattr__(self, "axes", axes)
+
+    def __getattr__(self, item: str) -> Any:
+        # Only called for names that are not attributes: the flat, read-only view of the parts.
+        part = FIELD_PART.get(item)
+        if part is None:
+            raise AttributeError(item)
+        holder = self.axes if part == "axes" else getattr(self.training, part)
+        return getattr(holder, item)
 
 
 PROFILES: dict[str, Profile] = {
@@ -64,7 +130,8 @@ PROFILES: dict[str, Profile] = {
         batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2,
         base_epochs=10, finetune_epochs=2, lr=0.01, finetune_lr=0.005, train_batch_size=32,
     ),
-    # Any local train/val/test folder of class folders, torchvision-style head.
+    # Any local train/val/test folder of class folders, torchvision-style head (--model, --image-size
+    # and --epochs make it laptop-sized: e.g. --model small --image-size 32).
     "imagefolder": Profile(
         name="imagefolder", dataset="imagefolder", model="torchvision", num_classes=None, image_size=224,
         batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2,

@@ -7,13 +7,28 @@ the bad value. :meth:`RunSettings.cases` expands the axes into cases with stable
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from vggprune.errors import UserError
 from vggprune.identity import BASE, Case, ModelKey
-from vggprune.profiles import PROFILE_NAMES, Profile, get_profile
+from vggprune.limits import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGE,
+    MAX_ROUND_TO,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MIN_IMAGE,
+    available_cores,
+    check_batch_fits,
+    inference_bytes_per_image,
+    int_in_range,
+    max_threads,
+)
+from vggprune.models import VARIANTS, VGG11_CFG, spec_for
+from vggprune.profiles import PROFILE_NAMES, Profile, SweepAxes, TrainingConfig, get_profile
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, parse_rates
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cpu,cuda")
@@ -23,6 +38,9 @@ MEMORY_FORMATS = ("channels_last", "contiguous")
 
 @dataclass(frozen=True)
 class RunSettings:
+    """A checked harness run: the profile (``profile.training`` defines checkpoints, ``profile.axes``
+    selects cases) plus where things are and how timing runs."""
+
     profile: Profile
     devices: tuple[str, ...]
     data_root: Path | None = None
@@ -32,8 +50,18 @@ class RunSettings:
     use_cache: bool = True
     threads: int = 1
     memory_format: str = "channels_last"
+    # None: the caller (bench/conftest.py) supplies its committed files; the library never guesses.
     thresholds_file: Path | None = None
     expected_params_file: Path | None = None
+    notes: tuple[str, ...] = ()  # deprecation warnings for the caller to show
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.profile.training
+
+    @property
+    def axes(self) -> SweepAxes:
+        return self.profile.axes
 
     def model_keys(self) -> list[ModelKey]:
         """The base once, then every (scope, method, rate > 0) the profile asks for."""
@@ -64,18 +92,15 @@ def _choices(option: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...
     return tuple(dict.fromkeys(items))
 
 
-def _positive_ints(option: str, text: str, allow_zero: bool = False) -> tuple[int, ...]:
-    out = []
-    for item in _split(text) or [repr(text)]:
-        try:
-            value = int(item)
-        except ValueError:
-            value = -1
-        if value < (0 if allow_zero else 1):
-            kind = "non-negative" if allow_zero else "positive"
-            raise UserError(f"{option}: {item!r} is not a {kind} integer")
-        out.append(value)
-    return tuple(out)
+def _choice(option: str, text: str, allowed: tuple[str, ...]) -> str:
+    return _choices(option, text, allowed)[0]  # options.read_options already refused lists
+
+
+def _ints(option: str, text: str, low: int, high: int) -> tuple[int, ...]:
+    items = _split(text)
+    if not items:
+        raise UserError(f"{option}: expected a comma-separated list of integers, got {text!r}")
+    return tuple(dict.fromkeys(int_in_range(option, item, low, high) for item in items))
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -97,54 +122,102 @@ def resolve_devices(text: str, cuda_available: bool) -> tuple[str, ...]:
     return devices
 
 
-def _existing_path(option: str, text: str | None) -> Path | None:
+def existing_file(option: str, text: str | None) -> Path | None:
     if not text:
         return None
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"{option}: {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{option}: {path} is not a file")
     return path
 
 
-def resolve_settings(raw: dict[str, str | bool | None], cuda_available: bool) -> RunSettings:
-    """Turn option strings (``None`` = not given) into checked settings over the profile's defaults."""
+def check_data_root(text: str | None) -> Path | None:
+    """An explicit data root must be a non-empty directory: a typo must not quietly skip the accuracy gate."""
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"--data-root: {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"--data-root: {path} is not a directory")
+    if not any(path.iterdir()):
+        raise UserError(f"--data-root: {path} is empty")
+    return path
+
+
+def resolve_profile(raw: dict[str, Any]) -> Profile:
+    """The named profile with the training options applied (shared by the harness and the CLI)."""
     name = raw.get("profile") or "quick"
     if name not in PROFILE_NAMES:
         raise UserError(f"--profile: unknown value {name!r}; allowed: {', '.join(PROFILE_NAMES)}")
     profile = get_profile(str(name))
-    changes: dict = {}
-    if raw.get("rates"):
-        changes["rates"] = _rates(str(raw["rates"]))
-    if raw.get("methods"):
-        changes["methods"] = _choices("--methods", str(raw["methods"]), METHODS)
-    if raw.get("scope"):
-        changes["scopes"] = _choices("--scope", str(raw["scope"]), SCOPES)
+    changes: dict[str, Any] = {}
+    for option in ("model", "image_size"):
+        if raw.get(option) and profile.dataset != "imagefolder":
+            raise UserError(f"--{option.replace('_', '-')}: only the imagefolder profile takes it "
+                            f"(profile {profile.name} is fixed to model {profile.model}, {profile.image_size} px)")
+    if raw.get("model"):
+        changes["model"] = _choice("--model", raw["model"], VARIANTS)
+    if raw.get("image_size"):
+        changes["image_size"] = int_in_range("--image-size", raw["image_size"], MIN_IMAGE, MAX_IMAGE)
+    if raw.get("epochs"):
+        changes["base_epochs"] = int_in_range("--epochs", raw["epochs"], 1, MAX_EPOCHS)
+    if raw.get("finetune_epochs"):
+        changes["finetune_epochs"] = int_in_range("--finetune-epochs", raw["finetune_epochs"], 0, MAX_EPOCHS)
+    if raw.get("seed"):
+        changes["seed"] = int_in_range("--seed", raw["seed"], 0, MAX_SEED)
+    return replace(profile, **changes)
+
+
+def _check_batches(profile: Profile, batch_sizes: tuple[int, ...]) -> None:
+    spec = spec_for(profile.model, profile.num_classes or 1000)
+    pools = [c == "M" for c in VGG11_CFG]
+    pool_after = tuple(pools[i + 1] for i, c in enumerate(VGG11_CFG) if c != "M")
+    per_image = inference_bytes_per_image(spec.conv_widths, pool_after, profile.image_size)
+    model_bytes = 4 * (sum(spec.conv_widths) * 9 * 512 + 25088 * 4096 * 2)  # generous: two model copies
+    check_batch_fits("--batch-sizes", max(batch_sizes), per_image, model_bytes,
+                     f"{profile.image_size}-px images for the {profile.model} model")
+
+
+def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
+    """Turn option strings (``None`` = not given) into checked settings over the profile's defaults."""
+    profile = resolve_profile(raw)
+    axes: dict[str, Any] = {}
+    if raw.get("rates") is not None:
+        axes["rates"] = _rates(str(raw["rates"]))
+    if raw.get("methods") is not None:
+        axes["methods"] = _choices("--methods", str(raw["methods"]), METHODS)
+    scopes = raw.get("scopes") if raw.get("scopes") is not None else raw.get("scope")  # "scope": old key
+    if scopes is not None:
+        axes["scopes"] = _choices("--scopes", str(scopes), SCOPES)
     if raw.get("criterion"):
-        changes["criterion"] = _choices("--criterion", str(raw["criterion"]), CRITERIA)[0]
+        axes["criterion"] = _choice("--criterion", str(raw["criterion"]), CRITERIA)
     if raw.get("round_to"):
-        changes["round_to"] = _positive_ints("--round-to", str(raw["round_to"]))[0]
-    if raw.get("batch_sizes"):
-        changes["batch_sizes"] = _positive_ints("--batch-sizes", str(raw["batch_sizes"]))
+        axes["round_to"] = int_in_range("--round-to", raw["round_to"], 1, MAX_ROUND_TO)
+    if raw.get("batch_sizes") is not None:
+        axes["batch_sizes"] = _ints("--batch-sizes", str(raw["batch_sizes"]), 1, MAX_BATCH)
     if raw.get("latency_rounds"):
-        changes["latency_rounds"] = _positive_ints("--latency-rounds", str(raw["latency_rounds"]))[0]
+        axes["latency_rounds"] = int_in_range("--latency-rounds", raw["latency_rounds"], 1, MAX_ROUNDS)
     if raw.get("latency_warmup") not in (None, ""):
-        changes["latency_warmup"] = _positive_ints("--latency-warmup", str(raw["latency_warmup"]),
-                                                   allow_zero=True)[0]
-    if raw.get("threads"):
-        threads = _positive_ints("--threads", str(raw["threads"]))[0]
-    else:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        axes["latency_warmup"] = int_in_range("--latency-warmup", raw["latency_warmup"], 0, MAX_ROUNDS)
+    profile = replace(profile, **axes)
+    _check_batches(profile, profile.batch_sizes)
+    threads = (int_in_range("--threads", raw["threads"], 1, max_threads()) if raw.get("threads")
+               else available_cores())
     return RunSettings(
-        profile=replace(profile, **changes),
+        profile=profile,
         devices=resolve_devices(str(raw.get("devices") or "auto"), cuda_available),
-        data_root=Path(str(raw["data_root"])).expanduser() if raw.get("data_root") else None,
+        data_root=check_data_root(raw.get("data_root")),
         download=bool(raw.get("download")),
-        weights=_existing_path("--weights", raw.get("weights")),  # type: ignore[arg-type]
+        weights=existing_file("--weights", raw.get("weights")),
         cache_dir=Path(str(raw["cache_dir"])).expanduser() if raw.get("cache_dir") else None,
         use_cache=not raw.get("no_cache"),
         threads=threads,
-        memory_format=_choices("--memory-format", str(raw.get("memory_format") or "channels_last"),
-                               MEMORY_FORMATS)[0],
-        thresholds_file=_existing_path("--thresholds", raw.get("thresholds")),  # type: ignore[arg-type]
-        expected_params_file=_existing_path("--expected-params", raw.get("expected_params")),  # type: ignore[arg-type]
+        memory_format=_choice("--memory-format", str(raw.get("memory_format") or "channels_last"),
+                              MEMORY_FORMATS),
+        thresholds_file=existing_file("--thresholds", raw.get("thresholds")),
+        expected_params_file=existing_file("--expected-params", raw.get("expected_params")),
+        notes=tuple(raw.get("_notes", ())),
     )

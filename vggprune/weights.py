@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from vggprune.checkpoint import FORMAT
+from vggprune.checkpoint import FORMAT, check_payload
+from vggprune.env import WEIGHTS_ENV, env_value
 from vggprune.errors import UserError
 from vggprune.models import VGG11, VGGSpec, build_from_spec
 
-WEIGHTS_ENV = "VGGPRUNE_WEIGHTS"
 PRETRAINABLE = ("seed", "torchvision")  # variants laid out exactly like torchvision's vgg11_bn
 _SHOWN_KEYS = 5
 
@@ -38,7 +38,7 @@ class InitSource:
 
 def resolve_weights_path(weights: str | os.PathLike | None) -> Path | None:
     """The explicit ``--weights`` option wins, then ``VGGPRUNE_WEIGHTS``; a path given must exist."""
-    value = weights or os.environ.get(WEIGHTS_ENV) or None
+    value = weights or env_value(WEIGHTS_ENV)
     if value is None:
         return None
     path = Path(value).expanduser()
@@ -120,15 +120,20 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], b
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc)[:160]}") from None
+        # torch's hint to disable weights_only would mean running the file's code: not passed on.
+        raise UserError(f"weights file {path} is neither a state dict nor a vggprune model file (it cannot be "
+                        f"read safely: {type(exc).__name__})") from None
     ours = isinstance(obj, dict) and obj.get("format") == FORMAT
+    if ours:
+        check_payload(obj, f"weights file {path}")  # the same validator as every other model file
     if isinstance(obj, dict) and not ours:
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
                 break
     sd = obj["state_dict"] if ours else obj
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in sd.items()):
         raise UserError(f"weights file {path} holds no state dict of tensors")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}

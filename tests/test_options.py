@@ -1,0 +1,252 @@
+"""Options defined once (issue 10.3), the Profile split (10.4), gate files from the caller (10.5),
+and the option/gate causes of issue 13 (C, D, H, the explicit --data-root)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from vggprune import gates
+from vggprune.env import env_flag
+from vggprune.errors import UserError
+from vggprune.gates import AccuracyRule, ExpectedParams, Thresholds, check_accuracy, check_params
+from vggprune.options import HARNESS, OPTIONS, TRAINING, add_options, read_options
+from vggprune.profiles import FIELD_PART, BaseTraining, FineTuning, SweepAxes, get_profile
+from vggprune.settings import resolve_profile, resolve_settings
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def parse(argv: list[str], names=HARNESS) -> tuple[dict, list[str]]:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_options(parser.add_argument, names)
+    ns = parser.parse_args(argv)
+    return read_options(lambda dest: getattr(ns, dest, None), names)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for opt in OPTIONS.values():
+        monkeypatch.delenv(opt.env, raising=False)
+    monkeypatch.delenv("VGGPRUNE_SCOPE", raising=False)
+
+
+# --- H and issue 10.3: one definition, shaped the same for pytest and argparse --------------------------
+
+def test_list_options_are_plural_and_single_value_options_refuse_lists():
+    assert all(o.flag.endswith("s") for o in OPTIONS.values() if o.kind == "list")
+    with pytest.raises(UserError, match="--criterion: takes one value, got the list 'l2,l1'"):
+        parse(["--criterion", "l2,l1"])
+    for flag in ("--round-to", "--latency-rounds", "--threads", "--profile"):
+        with pytest.raises(UserError, match="takes one value"):
+            parse([flag, "8,16"])
+
+
+def test_explicitly_empty_value_is_refused_not_the_default_sweep():
+    with pytest.raises(UserError, match="--rates: empty value"):
+        parse(["--rates", ""])
+    with pytest.raises(UserError, match="--rates"):
+        resolve_settings({"rates": ","}, False)  # no rate at all is not "the default"
+
+
+def test_single_value_option_given_twice_is_an_error():
+    with pytest.raises(argparse.ArgumentError, match="given twice"):
+        parse(["--profile", "quick", "--profile", "seed"])
+
+
+def test_old_scope_spelling_works_with_a_deprecation_note(monkeypatch):
+    raw, notes = parse(["--scope", "conv"])
+    assert raw["scopes"] == "conv" and notes == [
+        "--scope is deprecated and will be removed in the next release; use --scopes"]
+    assert resolve_settings(raw, False).profile.scopes == ("conv",)
+    monkeypatch.setenv("VGGPRUNE_SCOPE", "all")
+    raw, notes = parse([])
+    assert raw["scopes"] == "all" and "VGGPRUNE_SCOPE is deprecated" in notes[0]
+
+
+def test_environment_fills_gaps_and_true_has_one_meaning(monkeypatch):
+    monkeypatch.setenv("VGGPRUNE_RATES", "0,0.3")
+    monkeypatch.setenv("VGGPRUNE_NO_CACHE", "On")
+    monkeypatch.setenv("VGGPRUNE_BATCH_SIZES", "")  # empty = unset
+    raw, _ = parse(["--rates", "0,0.5"])
+    assert raw["rates"] == "0,0.5" and raw["no_cache"] is True and raw["batch_sizes"] is None
+    for value, meaning in [("1", True), ("yes", True), ("0", False), ("off", False), ("", False)]:
+        monkeypatch.setenv("VGGPRUNE_DOWNLOAD", value)
+        assert env_flag("VGGPRUNE_DOWNLOAD") is meaning
+    monkeypatch.setenv("VGGPRUNE_DOWNLOAD", "maybe")
+    with pytest.raises(UserError, match="VGGPRUNE_DOWNLOAD='maybe' is neither true"):
+        env_flag("VGGPRUNE_DOWNLOAD")
+
+
+def test_cli_training_options_are_the_harness_definitions():
+    from vggprune.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    helps = {a.option_strings[0]: a.help for a in train._actions if a.option_strings}
+    for name in TRAINING:
+        opt = OPTIONS[name]
+        assert opt.help in helps[opt.flag] and opt.env in helps[opt.flag], opt.flag
+
+
+# --- C: sizes bounded at parse time ------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, message", [
+    ({"threads": "100000"}, "--threads: 100,000 is out of range (allowed 1.."),
+    ({"seed": str(2**40)}, "--seed: 1,099,511,627,776 is out of range (allowed 0..4,294,967,295)"),
+    ({"batch_sizes": "1,100000"}, "--batch-sizes: 100,000 is out of range"),
+    ({"round_to": "99999"}, "--round-to: 99,999 is out of range"),
+    ({"latency_rounds": "10000000"}, "--latency-rounds: 10,000,000 is out of range"),
+    ({"epochs": "0"}, "--epochs: '0' is not a positive integer"),
+])
+def test_sizes_have_upper_bounds(raw, message):
+    with pytest.raises(UserError) as info:
+        resolve_settings(raw, False)
+    assert message in str(info.value)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_estimate(monkeypatch):
+    monkeypatch.setattr("vggprune.limits.available_memory", lambda: 8 * 2**30)
+    with pytest.raises(UserError, match=r"--batch-sizes: a batch of 8,192 224-px images for the seed model "
+                                        r"needs about [\d,.]+ GiB but this machine has 8.0 GiB available"):
+        resolve_settings({"profile": "seed", "batch_sizes": "1,8192"}, False)
+    assert resolve_settings({"profile": "seed", "batch_sizes": "8"}, False).profile.batch_sizes == (8,)
+
+
+def test_cli_prune_bounds_sizes_before_building(tmp_path, capsys):
+    from vggprune.cli import main
+
+    for args, message in [(["--num-classes", "10000000"], "--num-classes: 10,000,000 is out of range"),
+                          (["--seed=-1"], "--seed: '-1' is not a non-negative integer")]:
+        assert main(["prune", "--model", "small", "--rate", "0.1", "--out", str(tmp_path / "m.pt"), *args]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "m.pt").exists()
+
+
+# --- the explicit --data-root and the imagefolder options --------------------------------------------
+
+def test_explicit_data_root_must_exist_be_a_directory_and_not_be_empty(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for path, why in [(tmp_path / "typo", "does not exist"), (tmp_path / "file", "is not a directory"),
+                      (tmp_path / "empty", "is empty")]:
+        with pytest.raises(UserError, match=f"--data-root: .* {why}"):
+            resolve_settings({"data_root": str(path)}, False)
+    assert resolve_settings({}, False).data_root is None  # not given: the accuracy gate may skip
+
+
+def test_imagefolder_takes_model_image_size_and_epochs_others_refuse_them():
+    p = resolve_profile({"profile": "imagefolder", "model": "small", "image_size": "48", "epochs": "3"})
+    assert (p.model, p.image_size, p.base_epochs) == ("small", 48, 3)
+    with pytest.raises(UserError, match="--model: only the imagefolder profile takes it"):
+        resolve_profile({"model": "seed"})
+    with pytest.raises(UserError, match=r"--image-size: '16' is not a integer >= 32 \(allowed 32..1,024\)"):
+        resolve_profile({"profile": "imagefolder", "image_size": "16"})
+    with pytest.raises(UserError, match="--model: unknown value resnet"):
+        resolve_profile({"profile": "imagefolder", "model": "resnet"})
+
+
+# --- issue 10.4: the training config defines checkpoints, the axes only select cases -----------------
+
+def _perturbed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return value[:1]
+    if value is None:
+        return 7
+    return f"{value}-x"
+
+
+def test_field_names_are_unique_across_the_parts():
+    names = [f.name for cls in (BaseTraining, FineTuning, SweepAxes) for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names)) == len(FIELD_PART)
+
+
+def test_every_training_field_changes_the_cache_key_and_no_axis_does(monkeypatch):
+    from vggprune.pipeline import Pipeline
+
+    quick = get_profile("quick")
+    base = Pipeline(quick, use_cache=False, device="cpu")
+    base_key, case_key = base.base_key(), base.case_key("by-hand", "fc", 0.3)
+    training = quick.training
+    for f in dataclasses.fields(BaseTraining):
+        changed = dataclasses.replace(training, base=dataclasses.replace(
+            training.base, **{f.name: _perturbed(getattr(training.base, f.name))}))
+        assert changed.base_key() != training.base_key() and changed.key() != training.key(), f.name
+    for f in dataclasses.fields(FineTuning):
+        changed = dataclasses.replace(quick, **{f.name: _perturbed(getattr(quick, f.name))})
+        pipe = Pipeline(changed, use_cache=False, device="cpu")
+        assert pipe.base_key() == base_key, f"{f.name} must not retrain the base"
+        assert pipe.case_key("by-hand", "fc", 0.3) != case_key, f.name
+    for f in dataclasses.fields(SweepAxes):
+        changed = dataclasses.replace(quick, **{f.name: _perturbed(getattr(quick, f.name))})
+        pipe = Pipeline(changed, use_cache=False, device="cpu")
+        assert (pipe.base_key(), pipe.case_key("by-hand", "fc", 0.3)) == (base_key, case_key), f.name
+
+
+def test_settings_expose_training_and_axes_and_replace_routes_flat_fields():
+    s = resolve_settings({"rates": "0,0.5", "seed": "3"}, False)
+    assert s.axes.rates == (0.0, 0.5) and s.training.base.seed == 3 and s.profile.seed == 3
+    p = dataclasses.replace(get_profile("quick"), finetune_epochs=0, batch_sizes=(2,))
+    assert p.training.finetune.finetune_epochs == 0 and p.axes.batch_sizes == (2,)
+    with pytest.raises(TypeError, match="no field colour"):
+        dataclasses.replace(p, colour="red")
+
+
+# --- issue 10.5 and D: gate files come from the caller and are checked whole ---------------------------
+
+def test_gates_do_not_locate_bench_themselves():
+    source = inspect.getsource(gates)
+    assert "__file__" not in source and "bench" not in source.split('"""', 2)[-1]
+    with pytest.raises(TypeError):
+        Thresholds.load()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"quick": {"base_min_top1": float("nan")}}, "quick.base_min_top1 = nan is not a number in [0, 1]"),
+    ({"quick": {}}, "quick must be a non-empty object"),
+    ({"quick": {"scopes": {"fc": {}}}}, "quick.scopes.fc needs a min_top1"),
+    ({"quick": {"scopes": {"fc": {"min_top1": 95}}}}, "min_top1 = 95 is not a number in [0, 1]"),
+    ({"quick": {"scopes": {"fc": {"min_top1": 0.9, "max_drop": "1"}}}}, "max_drop = '1' is not a number"),
+    ({"quick": {"scopes": {"head": {"min_top1": 0.9}}}}, "unknown scope 'head'"),
+    ({"quick": {"base_min_top1": 0.9, "bsae": 1}}, "unknown keys bsae"),
+])
+def test_thresholds_schema_and_ranges_are_checked_on_load(tmp_path, content, message):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(UserError) as info:
+        Thresholds.load(path)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"small-10": {}}, "counts.small-10 must be a non-empty object"),
+    ({"small-10": {"fc": {"0.30": -5}}}, "counts.small-10.fc.0.30 = -5 is not a positive integer"),
+    ({"small-10": {"fc": {"0.30": "757647"}}}, "is not a positive integer"),
+    ({"small-10": {"fc": {"0.3": 1}}}, "rate key '0.3' is not like '0.30'"),
+])
+def test_expected_params_schema_is_checked_on_load(tmp_path, counts, message):
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps({"counts": counts}))
+    with pytest.raises(UserError) as info:
+        ExpectedParams.load(path)
+    assert message in str(info.value)
+
+
+def test_committed_gate_files_pass_their_own_checks():
+    assert Thresholds.load(BENCH / "thresholds.json").rule("quick", "fc") == AccuracyRule(0.95, 0.02)
+    assert ExpectedParams.load(BENCH / "expected_params.json").lookup("seed", 102, "none", 0.0, 1) == 132_970_942
+
+
+@pytest.mark.parametrize("top1, base", [(math.nan, 0.99), (None, 0.99), (99.0, 0.99), (0.99, math.nan)])
+def test_a_gate_that_cannot_be_evaluated_never_passes(top1, base):
+    assert check_accuracy(AccuracyRule(0.5, 0.05), top1, base) is not None  # type: ignore[arg-type]
+    assert check_params(None, 10) is not None  # type: ignore[arg-type]

@@ -1,0 +1,134 @@
+"""Every command-line option of the harness and the CLI, defined once.
+
+Like pytest-benchmark's ``add_display_options(addoption, prefix)``, :func:`add_options` takes the
+caller's ``addoption`` (pytest's ``group.addoption`` or argparse's ``parser.add_argument``), so the
+root conftest and ``vggprune train/evaluate`` declare the same options with the same help and env
+twins. :func:`read_options` then turns them into raw strings (option first, then its environment
+variable, read through vggprune.env), ready for vggprune.settings to check. Values are not parsed
+here, only shaped: a single-value option given a comma list, or given twice, is refused instead of
+silently keeping one value; an explicitly empty value is refused instead of meaning "the default".
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from vggprune.env import env_flag, env_name, env_value
+from vggprune.errors import UserError
+
+LIST, VALUE, PATH, FLAG = "list", "value", "path", "flag"
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    kind: str  # LIST (comma-separated, plural name) | VALUE (one value) | PATH (one path) | FLAG
+    help: str
+    old: str | None = None  # the previous spelling, still accepted for one release with a warning
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return env_name(self.flag)
+
+
+OPTIONS: dict[str, Option] = {o.dest: o for o in (
+    # what is trained (shared by the harness and `vggprune train/evaluate`)
+    Option("--profile", VALUE, "quick (default: digits, small VGG11, offline) | seed (the study: Flowers102, "
+                               "133M-param VGG11) | imagefolder (your train/val/test folders)"),
+    Option("--model", VALUE, "imagefolder only: small | torchvision (default) | seed"),
+    Option("--image-size", VALUE, "imagefolder only: image side in pixels, 32..1024 (default 224)"),
+    Option("--epochs", VALUE, "base-model training epochs (default: the profile's)"),
+    Option("--finetune-epochs", VALUE, "fine-tuning epochs after pruning, 0 = one-shot (default: the profile's)"),
+    Option("--seed", VALUE, "training seed, 0..2**32-1 (default: the profile's)"),
+    Option("--data-root", PATH, "where datasets live (Flowers102, imagefolder); given but missing is an error"),
+    Option("--download", FLAG, "download Flowers102 if it is missing under --data-root"),
+    Option("--weights", PATH, "a local ImageNet vgg11_bn state_dict for the seed/torchvision models"),
+    Option("--cache-dir", PATH, "checkpoint cache (default $XDG_CACHE_HOME/vggprune)"),
+    Option("--no-cache", FLAG, "neither read nor write the checkpoint cache"),
+    Option("--criterion", VALUE, "unit ranking: l2 (default), l1, random"),
+    Option("--round-to", VALUE, "round kept widths down to a multiple, 1..4096 (default 1)"),
+    # the harness's sweep and measurement
+    Option("--rates", LIST, "comma-separated pruning rates in [0, 1) (default 0,0.1,...,0.5)"),
+    Option("--methods", LIST, "torch-pruning,by-hand (default both)"),
+    Option("--scopes", LIST, "comma-separated scopes: fc, conv, all (default: the profile's)", old="--scope"),
+    Option("--devices", LIST, "auto (default: cpu, plus cuda when present) | cpu | cuda | cpu,cuda"),
+    Option("--batch-sizes", LIST, "comma-separated inference batch sizes (default: the profile's)"),
+    Option("--latency-rounds", VALUE, "timed batches per case (default: the profile's)"),
+    Option("--latency-warmup", VALUE, "untimed warm-up batches per case (default: the profile's)"),
+    Option("--memory-format", VALUE, "layout for timing: channels_last (default) | contiguous"),
+    Option("--threads", VALUE, "torch CPU threads, fixed for the run (default: cores available)"),
+    Option("--thresholds", PATH, "accuracy gates file (default: the harness's bench/thresholds.json)"),
+    Option("--expected-params", PATH, "exact parameter counts file (default: bench/expected_params.json)"),
+)}
+TRAINING = ("profile", "model", "image_size", "epochs", "finetune_epochs", "seed", "data_root", "download",
+            "weights", "cache_dir", "no_cache")
+HARNESS = tuple(OPTIONS)
+
+
+class Once(argparse.Action):
+    """Store one value; giving the option twice is an error rather than a silent overwrite."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        seen = getattr(namespace, f"_seen_{self.dest}", False)
+        if seen and getattr(namespace, self.dest, None) != values:
+            raise argparse.ArgumentError(self, f"given twice ({getattr(namespace, self.dest)!r} and {values!r}); "
+                                               f"it takes one value")
+        setattr(namespace, f"_seen_{self.dest}", True)
+        setattr(namespace, self.dest, values)
+
+
+def add_options(addoption: Callable[..., Any], names: Iterable[str] = HARNESS, prefix: str = "",
+                env_help: bool = True) -> None:
+    """Declare ``names`` through ``addoption`` (pytest's or argparse's), each flag prefixed by ``prefix``."""
+    for name in names:
+        opt = OPTIONS[name]
+        flag = f"--{prefix}{opt.flag[2:]}"
+        env = f" [env {opt.env}{'=1' if opt.kind == FLAG else ''}]" if env_help else ""
+        if opt.kind == FLAG:
+            addoption(flag, dest=opt.dest, action="store_true", default=False, help=opt.help + env)
+            continue
+        addoption(flag, dest=opt.dest, action=Once, default=None, help=opt.help + env)
+        if opt.old:
+            addoption(f"--{prefix}{opt.old[2:]}", dest=f"{opt.dest}_old", action=Once, default=None,
+                      help=f"deprecated spelling of {flag} (removed in the next release)")
+
+
+def read_options(get: Callable[[str], Any], names: Iterable[str] = HARNESS,
+                 use_env: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """(raw values, deprecation notes): strings or None (not given), bools for flags.
+
+    ``get(dest)`` returns the parsed option value. The environment fills what the command line left
+    out (empty variables count as unset); an explicitly empty option is an error.
+    """
+    raw: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in names:
+        opt = OPTIONS[name]
+        if opt.kind == FLAG:
+            raw[name] = bool(get(opt.dest)) or (use_env and env_flag(opt.env))
+            continue
+        value, source = get(opt.dest), opt.flag
+        if value is None and opt.old and get(f"{opt.dest}_old") is not None:
+            value, source = get(f"{opt.dest}_old"), opt.old
+            notes.append(f"{opt.old} is deprecated and will be removed in the next release; use {opt.flag}")
+        if value is None and use_env:
+            value, source = env_value(opt.env), opt.env
+            old_env = env_name(opt.old) if opt.old else None
+            if value is None and old_env and env_value(old_env) is not None:
+                value, source = env_value(old_env), old_env
+                notes.append(f"{old_env} is deprecated and will be removed in the next release; use {opt.env}")
+        if value is not None:
+            value = str(value).strip()
+            if not value:
+                raise UserError(f"{source}: empty value; leave the option out to get the default")
+            if opt.kind == VALUE and "," in value:
+                raise UserError(f"{source}: takes one value, got the list {value!r}")
+        raw[name] = value
+    return raw, notes
