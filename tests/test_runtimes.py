@@ -230,8 +230,12 @@ def test_compile_resets_dynamo_before_each_model(monkeypatch, models):
         return real_compile(module, backend="eager", dynamic=kwargs["dynamic"])
 
     monkeypatch.setattr(torch, "compile", compile_spy)
-    runners = {key: get_runtime("compile").prepare(m, "cpu", "channels_last", _batches()[0], None)
-               for key, m in models.items()}
+    # config.patch restores dynamo's settings afterwards (monkeypatch cannot: they are aliased properties).
+    with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=False):
+        runners = {key: get_runtime("compile").prepare(m, "cpu", "channels_last", _batches()[0], None)
+                   for key, m in models.items()}
+        # Many (model, batch size) graphs share VGG11.forward's cache: past the limit, fail, never run eager.
+        assert torch._dynamo.config.recompile_limit >= 64 and torch._dynamo.config.fail_on_recompile_limit_hit
     assert events == ["reset", ("compile", "inductor", False)] * 2
     for key, runner in runners.items():  # the first model's runner still gives its own outputs
         assert verify(runner, models[key], _batches()[0]).failure() is None

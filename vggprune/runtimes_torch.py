@@ -19,6 +19,7 @@ from vggprune.latency import MEMORY_FORMATS
 from vggprune.runtimes_base import Runner, Runtime, dir_size, model_fingerprint, published_dir
 
 STATE_FILE = "model.pt"
+RECOMPILE_LIMIT = 64
 
 
 def fuse_bn(model: nn.Module) -> nn.Module:
@@ -127,4 +128,11 @@ class CompileRuntime(_TorchRuntime):
         import torch._dynamo
 
         torch._dynamo.reset()
+        # Every VGG11 shares one forward code object, and each (model shapes, batch size) is one
+        # dynamo cache entry on it: base + case x (example, verification and timed batch sizes)
+        # passes the default limit of 8, after which dynamo silently runs eager. Allow more, and
+        # make hitting the limit an error, so a "compile" case is never eager timed under that name.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+        config.fail_on_recompile_limit_hit = True
         return torch.compile(module, backend="inductor", dynamic=False)
