@@ -158,8 +158,10 @@ class Harness:
         slot = f"{runtime}/{device}{copy}"
         if slot not in prepared.runners:
             example = make_batch(1, self.profile.image_size, "cpu")
+            # compile ships the eager checkpoint, already in the cache: no second copy of it
+            keep = self.pipeline.cache.enabled and runtime != "compile"
             artifacts = self.pipeline.cache.root / "exports" / prepared.key.cache_name(
-                self.profile.name, self.profile.model) if self.pipeline.cache.enabled else None
+                self.profile.name, self.profile.model) if keep else None
             prepared.runners[slot] = get_runtime(runtime).prepare(prepared.model, device,
                                                                   self.settings.memory_format, example, artifacts)
         return prepared.runners[slot]
@@ -167,15 +169,18 @@ class Harness:
     def verify_runtime(self, prepared: PreparedModel, runtime: str, device: str):
         """The runtime's outputs against eager PyTorch on the test split (a fixed random batch without
         data), once per model, runtime and device: a runtime that disagrees must not be timed."""
-        from vggprune.runtimes import verify
+        from vggprune.runtimes import reference_logits, verify
 
         slot = f"{runtime}/{device}"
         if slot not in prepared.verified:
             if self.pipeline.data_missing_reason:
-                batches = make_batch(8, self.profile.image_size, "cpu", seed=1)
+                batches = [make_batch(8, self.profile.image_size, "cpu", seed=1)]
             else:
-                batches = self.pipeline.data().test
-            prepared.verified[slot] = verify(self.runner(prepared, runtime, device), prepared.model, batches)
+                batches = list(self.pipeline.data().test)
+            if "eager" not in prepared.verified:  # eager's logits once per model, for every runtime
+                prepared.verified["eager"] = (batches, reference_logits(prepared.model, batches))
+            batches, reference = prepared.verified["eager"]
+            prepared.verified[slot] = verify(self.runner(prepared, runtime, device), None, batches, reference)
         return prepared.verified[slot]
 
     def runtime_failure(self, case: Case) -> str | None:
@@ -250,7 +255,8 @@ class Harness:
         if case.runtime == DEFAULT_RUNTIME:
             return {"runtime_agreement": None, "runtime_max_rel_diff": None}
         check = self.verify_runtime(prepared, case.runtime, case.device)
-        return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": float(check.max_rel_diff)}
+        diff = check.as_dict()["max_rel_diff"]  # null, not inf, for a runtime that returned NaN
+        return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": diff}
 
     def record(self, case: Case, seconds: list[float], base_seconds: list[float], gpu_ms: list[float],
                watch: CpuWatch | None) -> CaseRecord:

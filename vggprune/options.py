@@ -60,6 +60,8 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--scopes", LIST, "comma-separated scopes: fc, conv, all (default: the profile's)", old="--scope"),
     Option("--devices", LIST, "auto (default: cpu, plus cuda when present) | cpu | cuda | cpu,cuda"),
     Option("--batch-sizes", LIST, "comma-separated inference batch sizes (default: the profile's)"),
+    Option("--runtimes", LIST, "eager, fused, onnxruntime, openvino, compile (default eager,fused,onnxruntime,"
+                               "openvino); runtimes other than eager time the base and each scope's largest rate"),
     Option("--latency-rounds", VALUE, "timed batches per case (default: the profile's)"),
     Option("--latency-warmup", VALUE, "untimed warm-up batches per case (default: the profile's)"),
     Option("--memory-format", VALUE, "layout for timing: channels_last (default) | contiguous"),

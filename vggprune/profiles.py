@@ -72,6 +72,9 @@ class SweepAxes:
     criterion: str = "l2"
     round_to: int = 1
     batch_sizes: tuple[int, ...] = (1, 8)
+    # eager everywhere; the others at the deploy candidates (the base and each scope's largest rate),
+    # which keeps `make bench` in budget (compile is opt-in: slow to build, no faster on a CPU)
+    runtimes: tuple[str, ...] = ("eager", "fused", "onnxruntime", "openvino")
     latency_rounds: int = 20
     latency_warmup: int = 3
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vggprune.errors import UserError
-from vggprune.identity import BASE, Case, ModelKey
+from vggprune.identity import BASE, DEFAULT_RUNTIME, Case, ModelKey
 from vggprune.limits import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -74,10 +74,19 @@ class RunSettings:
                 keys += [ModelKey(m, scope, rate, p.criterion, p.round_to) for m in p.methods]
         return keys
 
+    def runtimes_for(self, key: ModelKey) -> tuple[str, ...]:
+        """Eager for every model; the other runtimes for the deploy candidates only: the base and the
+        largest rate of each scope (what a user would ship, and what fits the time budget)."""
+        top = max(self.profile.rates, default=0.0)
+        if key.is_base or key.rate == top:
+            return self.profile.runtimes
+        return tuple(r for r in self.profile.runtimes if r == DEFAULT_RUNTIME)
+
     def cases(self) -> list[Case]:
-        # Model-major order, so each model is built once and then timed on every device/batch size.
-        return [Case(self.profile.name, key, device, bs, variant=self.profile.model)
-                for key in self.model_keys() for device in self.devices for bs in self.profile.batch_sizes]
+        # Model-major order, so each model is built once and then timed in every runtime/device/batch size.
+        return [Case(self.profile.name, key, device, bs, runtime, variant=self.profile.model)
+                for key in self.model_keys() for runtime in self.runtimes_for(key)
+                for device in self.devices for bs in self.profile.batch_sizes]
 
 
 def _split(text: str) -> list[str]:
@@ -198,6 +207,10 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
         axes["round_to"] = int_in_range("--round-to", raw["round_to"], 1, MAX_ROUND_TO)
     if raw.get("batch_sizes") is not None:
         axes["batch_sizes"] = _ints("--batch-sizes", str(raw["batch_sizes"]), 1, MAX_BATCH)
+    if raw.get("runtimes") is not None:
+        from vggprune.runtimes import RUNTIMES
+
+        axes["runtimes"] = _choices("--runtimes", str(raw["runtimes"]), RUNTIMES)
     if raw.get("latency_rounds"):
         axes["latency_rounds"] = int_in_range("--latency-rounds", raw["latency_rounds"], 1, MAX_ROUNDS)
     if raw.get("latency_warmup") not in (None, ""):
