@@ -267,15 +267,23 @@ class Table:
 
 
 def _row_id(r: Row) -> tuple:
-    return (r["method"], r["scope"], r["criterion"], r["round_to"], r["rate"], r["runtime"])
+    return (r["method"], r["scope"], r["criterion"], r["round_to"], r["rate"], r["runtime"])  # runtime last
+
+
+def _primary_runtime(rows: Sequence[Row]) -> str:
+    runtimes = {r["runtime"] for r in rows}
+    return DEFAULT_RUNTIME if DEFAULT_RUNTIME in runtimes or not runtimes else sorted(
+        runtimes, key=lambda rt: _RUNTIME_ORDER.get(rt, 9))[0]
 
 
 def summary_tables(rows: Sequence[Row]) -> list[Table]:
-    """One wide table per (profile, model, batch size): a row per (method, scope, criterion, rate,
-    runtime), size and accuracy once, then latency and speed-ups side by side for each device."""
+    """One wide table per (profile, model, batch size) in eager PyTorch: a row per (method, scope,
+    criterion, rate), size and accuracy once, then latency and speed-ups side by side for each device.
+    The other runtimes have their own tables (:func:`runtime_tables`)."""
     tables = []
+    primary = _primary_runtime(rows)
+    rows = [r for r in rows if r["runtime"] == primary]
     show_round = len({r["round_to"] for r in rows}) > 1
-    show_runtime = len({r["runtime"] for r in rows}) > 1
     show_size = any(r["size_mb"] is not None for r in rows)
     show_before = any(r["accuracy_before_finetune"] is not None for r in rows)
     for group in sorted({(r["profile"], r["model"], r["batch_size"]) for r in rows}):
@@ -283,15 +291,13 @@ def summary_tables(rows: Sequence[Row]) -> list[Table]:
         devices = device_order((r["device_label"] for r in grows), grows)
         accels = [d for d in devices
                   if any(r["vs_cpu_speedup"] is not None for r in grows if r["device_label"] == d)]
-        ident = ["method", "scope", "criterion"] + (["round_to"] if show_round else []) + ["rate"] + (
-            ["runtime"] if show_runtime else [])
+        ident = ["method", "scope", "criterion"] + (["round_to"] if show_round else []) + ["rate"]
         headers = ident + ["params", "% of base", "MMACs", "theor. ×"] + (["MB"] if show_size else []) + [
             "top-1 % (95 % CI)"] + (["before FT %"] if show_before else []) + ["vs base"]
         numeric = [h in ("round_to", "rate") for h in ident] + [True] * (len(headers) - len(ident) - 1) + [False]
         for d in devices:
-            headers += [f"{d} p50 ms (IQR)", f"{d} × (95 % CI)", f"{d} ×/theor."] + (
-                [f"{d} × vs eager base"] if show_runtime else []) + [f"{d} marks"]
-            numeric += [True] * (4 if show_runtime else 3) + [False]
+            headers += [f"{d} p50 ms (IQR)", f"{d} × (95 % CI)", f"{d} ×/theor.", f"{d} marks"]
+            numeric += [True] * 3 + [False]
         for d in accels:
             partner = next(r["vs_cpu_device"] for r in grows if r["device_label"] == d and r["vs_cpu_device"])
             headers.append(f"{d} vs {partner} ×")
@@ -302,8 +308,7 @@ def summary_tables(rows: Sequence[Row]) -> list[Table]:
             first = per_dev[next(d for d in devices if d in per_dev)]
             acc = next((per_dev[d] for d in devices if d in per_dev and per_dev[d]["accuracy"] is not None), first)
             line = [first["method"], first["scope"], first["criterion"]] + (
-                [str(first["round_to"])] if show_round else []) + [fmt_num(first["rate"], "rate")] + (
-                [first["runtime"]] if show_runtime else []) + [
+                [str(first["round_to"])] if show_round else []) + [fmt_num(first["rate"], "rate")] + [
                 fmt_num(first["params"], "int"), fmt_num(first["params_pct"], "pct1"),
                 fmt_num(first["macs"], "mmacs"), fmt_num(first["theoretical_speedup"], "x")] + (
                 [fmt_num(first["size_mb"], "mb")] if show_size else []) + [
@@ -312,17 +317,52 @@ def summary_tables(rows: Sequence[Row]) -> list[Table]:
                 acc["accuracy_vs_base"] or ""]
             for d in devices:
                 r = per_dev.get(d)
-                if r is None:
-                    line += ["–"] * (5 if show_runtime else 4)
-                    continue
-                iqr = [r["latency_q1_ms"], r["latency_q3_ms"]] if r["latency_q1_ms"] is not None else None
-                line += [with_interval(r["latency_p50_ms"], iqr, "ms"),
-                         with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x"),
-                         fmt_num(r["speedup_ratio"], "x")] + (
-                    [fmt_num(r["deploy_speedup"], "x")] if show_runtime else []) + [marks(r)]
+                line += ["–"] * 4 if r is None else _latency_cells(r)
             line += [fmt_num(per_dev[d]["vs_cpu_speedup"] if d in per_dev else None, "x") for d in accels]
             cells.append(line)
-        title = f"profile {group[0]}, model {group[1]}, batch size {group[2]}"
+        runtime = "" if primary == DEFAULT_RUNTIME else f", runtime {primary}"
+        title = f"profile {group[0]}, model {group[1]}, batch size {group[2]}{runtime}"
+        tables.append(Table(title=title, headers=headers, rows=cells, numeric=numeric))
+    return tables
+
+
+def _latency_cells(r: Row) -> list[str]:
+    iqr = [r["latency_q1_ms"], r["latency_q3_ms"]] if r["latency_q1_ms"] is not None else None
+    return [with_interval(r["latency_p50_ms"], iqr, "ms"),
+            with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x"),
+            fmt_num(r["speedup_ratio"], "x"), marks(r)]
+
+
+def runtime_tables(rows: Sequence[Row]) -> list[Table]:
+    """Per (profile, model, batch size, device): the models timed in more than one runtime, each
+    runtime's speed-up against the base *in the same runtime* (paired), and the deploy gain against
+    the base in eager PyTorch; with the size shipped and how closely its outputs matched eager."""
+    tables = []
+    if len({r["runtime"] for r in rows}) < 2:
+        return tables
+    for group in sorted({(r["profile"], r["model"], r["batch_size"], r["device_label"]) for r in rows}):
+        grows = [r for r in rows if (r["profile"], r["model"], r["batch_size"], r["device_label"]) == group]
+        multi = {k for k in {_row_id(r)[:-1] for r in grows}
+                 if len({r["runtime"] for r in grows if _row_id(r)[:-1] == k}) > 1}
+        grows = [r for r in grows if _row_id(r)[:-1] in multi]
+        if not grows:
+            continue
+        headers = ["method", "scope", "criterion", "rate", "runtime", "MB", "agrees with eager", "max rel. Δ",
+                   "p50 ms (IQR)", "× vs same-runtime base (95 % CI)", "×/theor.", "× vs eager base", "marks"]
+        cells = []
+        for r in sorted(grows, key=lambda r: (r["method"] != BASE_METHOD, row_order(r))):
+            agree = "reference" if r["runtime"] == DEFAULT_RUNTIME else (
+                "–" if r["runtime_agreement"] is None else f"{100 * r['runtime_agreement']:.2f} %")
+            diff = "" if r["runtime_max_rel_diff"] is None else f"{r['runtime_max_rel_diff']:.1e}"
+            lat = _latency_cells(r)
+            cells.append([r["method"], r["scope"], r["criterion"], fmt_num(r["rate"], "rate"), r["runtime"],
+                          fmt_num(r["size_mb"], "mb"), agree, diff, *lat[:3],
+                          "1.00" if r["runtime"] == DEFAULT_RUNTIME and r["method"] == BASE_METHOD
+                          else fmt_num(r["deploy_speedup"] if r["runtime"] != DEFAULT_RUNTIME
+                                       else _ratio(r["base_latency_p50_ms"], r["latency_p50_ms"]), "x"),
+                          lat[3]])
+        numeric = [False] * 3 + [True, False, True, True, True, True, True, True, True, False]
+        title = f"Runtimes: profile {group[0]}, model {group[1]}, batch size {group[2]}, {group[3]}"
         tables.append(Table(title=title, headers=headers, rows=cells, numeric=numeric))
     return tables
 
@@ -382,7 +422,7 @@ def render_text(runs: Sequence[Run], rows: Sequence[Row], fmt: str = "github") -
     """The human summary: one table per group, then the devices and any accuracy or timing notes."""
     md = fmt == "github"
     parts = []
-    for table in [*summary_tables(rows), devices_table(runs, rows)]:
+    for table in [*summary_tables(rows), *runtime_tables(rows), devices_table(runs, rows)]:
         parts.append(f"### {table.title}" if md else f"{table.title}:")
         parts.append(table.render(fmt))
     notes = accuracy_notes(rows) + timing_notes(rows)
