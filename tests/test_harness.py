@@ -14,7 +14,7 @@ from tests.arith import expected_params
 
 REPO = Path(__file__).resolve().parent.parent
 # A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
-SMALL_RUN = ["--rates", "0,0.5", "--scope", "fc", "--batch-sizes", "1,4", "--latency-rounds", "3",
+SMALL_RUN = ["--rates", "0,0.5", "--runtimes", "eager", "--scope", "fc", "--batch-sizes", "1,4", "--latency-rounds", "3",
              "--latency-warmup", "1", "--devices", "cpu", "--threads", "1", "-p", "no:cacheprovider"]
 CONTRACT = {"schema", "profile", "model", "method", "scope", "rate", "runtime", "device", "batch_size", "params",
             "macs", "accuracy", "accuracy_ci", "latency_p50_ms", "latency_q1_ms", "latency_q3_ms", "images_per_s",
@@ -72,7 +72,8 @@ def test_devices_cuda_without_cuda_is_a_usage_error(bench):
 def test_case_ids_are_readable_and_env_vars_work(bench, monkeypatch):
     monkeypatch.setenv("VGGPRUNE_RATES", "0,0.3")
     monkeypatch.setenv("VGGPRUNE_BATCH_SIZES", "64")
-    result = bench.runpytest("bench", "--collect-only", "-q", "--scope", "fc", "--devices", "cpu")
+    result = bench.runpytest("bench", "--collect-only", "-q", "--scope", "fc", "--devices", "cpu",
+                             "--runtimes", "eager")
     lines = [line.split("::")[-1] for line in result.stdout.lines if "::" in line]
     assert lines == ["test_accuracy[quick-base-r0.00]", "test_inference[quick-base-r0.00-cpu-b64]",
                      "test_accuracy[quick-torch-pruning-fc-r0.30]",
@@ -221,3 +222,21 @@ def test_the_run_summary_says_whether_the_machine_was_quiet(bench, tmp_path):
     assert (quiet in result.stdout.str()) == (not info["contended"] and not info["noisy"])
     if info["contended"]:
         result.stdout.fnmatch_lines(["*1 of 1 case(s) were timed while other processes used the CPU*"])
+
+
+def test_other_runtimes_time_the_base_and_each_scopes_largest_rate(bench):
+    result = bench.runpytest("bench", "--collect-only", "-q", "--scopes", "conv", "--devices", "cpu",
+                             "--rates", "0,0.3,0.5", "--methods", "by-hand", "--batch-sizes", "8",
+                             "--runtimes", "eager,fused")
+    lines = [line.split("::")[-1] for line in result.stdout.lines if "test_inference" in line]
+    assert lines == ["test_inference[quick-base-r0.00-cpu-b8]", "test_inference[quick-base-r0.00-fused-cpu-b8]",
+                     "test_inference[quick-by-hand-conv-r0.30-cpu-b8]",
+                     "test_inference[quick-by-hand-conv-r0.50-cpu-b8]",
+                     "test_inference[quick-by-hand-conv-r0.50-fused-cpu-b8]"]
+
+
+def test_an_unknown_runtime_is_a_usage_error(bench):
+    result = bench.runpytest("bench", "--collect-only", "--runtimes", "tensorrt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--runtimes: unknown value tensorrt; allowed: eager, fused, onnxruntime, openvino, compile" in (
+        result.stderr.str())
