@@ -311,3 +311,42 @@ def test_evaluating_another_variant_or_input_size_is_refused():
     with pytest.raises(UserError, match="is a seed model for 224-px images but profile quick uses the small "
                                         "model at 32 px"):
         pipe.evaluate(seed_on_digits)  # type: ignore[arg-type]
+
+
+# --- D: the harness's input files are checked at configure time (exit 4), not in every test ---------
+
+@pytest.fixture
+def bench_copy(pytester: pytest.Pytester, tmp_path, monkeypatch) -> pytest.Pytester:
+    import shutil
+
+    shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
+    shutil.copytree(REPO / "bench", pytester.path / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("VGGPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return pytester
+
+
+def test_bad_harness_inputs_are_usage_errors_at_configure(bench_copy, tmp_path):
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"quick": {"base_min_top1": NaN}}')
+    garbage = tmp_path / "w.pth"
+    garbage.write_bytes(b"not a torch file")
+    folder = make_imagefolder(tmp_path / "imgs")
+    (folder / "test" / "ant").rename(folder / "test" / "ants")
+    for args, message in [([f"--thresholds={nan}"], "base_min_top1 = nan is not a number in [0, 1]"),
+                          ([f"--expected-params={nan}"], "has no 'counts' object"),
+                          ([f"--weights={garbage}"], "is neither a state dict nor a vggprune model file"),
+                          (["--profile=imagefolder", f"--data-root={folder}"], "classes differ from train/'s"),
+                          (["--data-root", str(tmp_path / "typo")], "--data-root: "),
+                          (["--criterion", "l2,l1"], "--criterion: takes one value")]:
+        result = bench_copy.runpytest("bench", "--collect-only", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        assert message in result.stderr.str(), (args, result.stderr.str())
+
+
+def test_stale_benchmark_json_temp_is_swept_at_configure(bench_copy, tmp_path):
+    out = tmp_path / "reports"
+    out.mkdir()
+    stale = out / ".run.json.999999999.bench.tmp"
+    stale.write_text("{")
+    result = bench_copy.runpytest("bench", "--collect-only", f"--benchmark-json={out / 'run.json'}")
+    assert result.ret == pytest.ExitCode.OK and not stale.exists()
