@@ -60,19 +60,25 @@ def test_read_only_directory_is_refused(tmp_path):
         check_output_file(ro / "m.pt")
 
 
-def test_train_with_a_bad_out_fails_before_training(tmp_path):
-    out = cli("train", "--out", "/proc/x.pt", "--cache-dir", str(tmp_path / "cache"))
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "--out: cannot write /proc/x.pt" in out.stderr
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    from vggprune.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_train_with_a_bad_out_fails_before_training(tmp_path, capsys):
+    code, err = run_main(capsys, "train", "--out", "/proc/x.pt", "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and err.count("\n") == 1 and "--out: cannot write /proc/x.pt" in err, err
     assert not (tmp_path / "cache").exists()  # nothing was trained or cached
 
 
-def test_prune_and_report_refuse_bad_outputs(tmp_path):
+def test_prune_and_report_refuse_bad_outputs(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    out = cli("prune", "--model", "small", "--rate", "0.1", "--out", str(tmp_path))
-    assert out.returncode == 2 and "is a directory, not a file" in out.stderr and "Traceback" not in out.stderr
-    out = cli("report", str(tmp_path / "run.json"), "--out", str(tmp_path / "file"))
-    assert out.returncode == 2 and "--out:" in out.stderr and "not a directory" in out.stderr
+    code, err = run_main(capsys, "prune", "--model", "small", "--rate", "0.1", "--out", str(tmp_path))
+    assert code == 2 and "is a directory, not a file" in err
+    code, err = run_main(capsys, "report", str(tmp_path / "run.json"), "--out", str(tmp_path / "file"))
+    assert code == 2 and "--out:" in err and "not a directory" in err
 
 
 def test_write_errors_left_after_the_checks_are_one_line(tmp_path, small_model, monkeypatch):
@@ -123,7 +129,7 @@ def test_malformed_model_files_are_refused_everywhere_with_one_line(tmp_path, sm
 def test_pickled_objects_are_refused_without_the_weights_only_hint(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "spec": Path("x")}, path)  # a pickled object: weights_only refuses it
-    out = cli("prune", "--input", str(path), "--rate", "0.1", "--out", str(tmp_path / "o.pt"))
+    out = cli("prune", "--input", str(path), "--rate", "0.1", "--out", str(tmp_path / "o.pt"))  # a real process
     assert out.returncode == 2 and "is not a vggprune model file" in out.stderr
     assert "weights_only" not in out.stderr and "Traceback" not in out.stderr
 
@@ -212,7 +218,7 @@ def test_bad_benchmark_json_path_is_a_usage_error(pytester: pytest.Pytester):
     shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
     pytester.makepyfile(test_it="def test_a():\n    pass\n")
     (pytester.path / "afile").write_text("x")
-    result = pytester.runpytest_subprocess("--benchmark-json", str(pytester.path / "afile" / "x.json"))
+    result = pytester.runpytest("--benchmark-json", str(pytester.path / "afile" / "x.json"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--benchmark-json: cannot create" in result.stderr.str()
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
