@@ -3,6 +3,7 @@ before any work; nothing is lost, left behind, hung or silently disabled."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -356,3 +357,21 @@ def test_stale_benchmark_json_temp_is_swept_at_configure(bench_copy, tmp_path):
     stale.write_text("{")
     result = bench_copy.runpytest("bench", "--collect-only", f"--benchmark-json={out / 'run.json'}")
     assert result.ret == pytest.ExitCode.OK and not stale.exists()
+
+
+# --- Also: a user's own small images run through the whole harness on a laptop ------------------------
+
+def test_imagefolder_with_a_small_model_runs_the_harness_end_to_end(bench_copy, tmp_path):
+    folder = make_imagefolder(tmp_path / "imgs")
+    out = tmp_path / "run.json"
+    result = bench_copy.runpytest_subprocess(
+        "bench", "--profile", "imagefolder", f"--data-root={folder}", "--model", "small", "--image-size", "32",
+        "--epochs", "1", "--finetune-epochs", "0", "--rates", "0,0.5", "--methods", "by-hand", "--scopes", "fc",
+        "--batch-sizes", "2", "--latency-rounds", "2", "--latency-warmup", "0", "--devices", "cpu",
+        "--threads", "1", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs")
+    # no committed thresholds for imagefolder: accuracy is measured, the gate skips saying so
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*no accuracy threshold for profile 'imagefolder'*"])
+    infos = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert {i["model"] for i in infos} == {"small"} and {i["image_size"] for i in infos} == {32}
+    assert all(0.0 <= i["accuracy"] <= 1.0 for i in infos)
