@@ -52,9 +52,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # Results are written atomically: pytest-benchmark writes to a temporary file beside the target,
     # which replaces the target only once the run is complete (see pytest_unconfigure).
     if target:
+        from vggprune.atomic import sweep_stale_temps
+
         target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(target.parent)  # what killed (SIGKILL) runs left there
         config._vggprune_json_target = target
-        config.option.benchmark_json = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        # named like atomic.py's temporary files (.NAME.<pid>.<tag>.tmp), so a later run can sweep it
+        config.option.benchmark_json = target.with_name(f".{target.name}.{os.getpid()}.bench.tmp")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
         check_inputs(settings)
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None
+    except OSError as exc:  # e.g. an unreadable folder under --data-root
+        raise pytest.UsageError(f"cannot read {exc.filename or 'an input'}: {exc.strerror or exc}") from None
     config._vggprune_settings = settings
     torch.set_num_threads(settings.threads)  # fixed for the run, and recorded
 

@@ -55,9 +55,8 @@ def test_explicitly_empty_value_is_refused_not_the_default_sweep():
         resolve_settings({"rates": ","}, False)  # no rate at all is not "the default"
 
 
-def test_single_value_option_given_twice_is_an_error():
-    with pytest.raises(argparse.ArgumentError, match="given twice"):
-        parse(["--profile", "quick", "--profile", "seed"])
+def test_an_option_given_twice_keeps_the_last_like_any_override():
+    assert parse(["--profile", "quick", "--profile", "seed"])[0]["profile"] == "seed"
 
 
 def test_old_scope_spelling_works_with_a_deprecation_note(monkeypatch):

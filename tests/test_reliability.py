@@ -3,6 +3,7 @@ before any work; nothing is lost, left behind, hung or silently disabled."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -60,19 +61,25 @@ def test_read_only_directory_is_refused(tmp_path):
         check_output_file(ro / "m.pt")
 
 
-def test_train_with_a_bad_out_fails_before_training(tmp_path):
-    out = cli("train", "--out", "/proc/x.pt", "--cache-dir", str(tmp_path / "cache"))
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "--out: cannot write /proc/x.pt" in out.stderr
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    from vggprune.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_train_with_a_bad_out_fails_before_training(tmp_path, capsys):
+    code, err = run_main(capsys, "train", "--out", "/proc/x.pt", "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and err.count("\n") == 1 and "--out: cannot write /proc/x.pt" in err, err
     assert not (tmp_path / "cache").exists()  # nothing was trained or cached
 
 
-def test_prune_and_report_refuse_bad_outputs(tmp_path):
+def test_prune_and_report_refuse_bad_outputs(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    out = cli("prune", "--model", "small", "--rate", "0.1", "--out", str(tmp_path))
-    assert out.returncode == 2 and "is a directory, not a file" in out.stderr and "Traceback" not in out.stderr
-    out = cli("report", str(tmp_path / "run.json"), "--out", str(tmp_path / "file"))
-    assert out.returncode == 2 and "--out:" in out.stderr and "not a directory" in out.stderr
+    code, err = run_main(capsys, "prune", "--model", "small", "--rate", "0.1", "--out", str(tmp_path))
+    assert code == 2 and "is a directory, not a file" in err
+    code, err = run_main(capsys, "report", str(tmp_path / "run.json"), "--out", str(tmp_path / "file"))
+    assert code == 2 and "--out:" in err and "not a directory" in err
 
 
 def test_write_errors_left_after_the_checks_are_one_line(tmp_path, small_model, monkeypatch):
@@ -123,7 +130,7 @@ def test_malformed_model_files_are_refused_everywhere_with_one_line(tmp_path, sm
 def test_pickled_objects_are_refused_without_the_weights_only_hint(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "spec": Path("x")}, path)  # a pickled object: weights_only refuses it
-    out = cli("prune", "--input", str(path), "--rate", "0.1", "--out", str(tmp_path / "o.pt"))
+    out = cli("prune", "--input", str(path), "--rate", "0.1", "--out", str(tmp_path / "o.pt"))  # a real process
     assert out.returncode == 2 and "is not a vggprune model file" in out.stderr
     assert "weights_only" not in out.stderr and "Traceback" not in out.stderr
 
@@ -212,7 +219,7 @@ def test_bad_benchmark_json_path_is_a_usage_error(pytester: pytest.Pytester):
     shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
     pytester.makepyfile(test_it="def test_a():\n    pass\n")
     (pytester.path / "afile").write_text("x")
-    result = pytester.runpytest_subprocess("--benchmark-json", str(pytester.path / "afile" / "x.json"))
+    result = pytester.runpytest("--benchmark-json", str(pytester.path / "afile" / "x.json"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--benchmark-json: cannot create" in result.stderr.str()
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
@@ -311,3 +318,60 @@ def test_evaluating_another_variant_or_input_size_is_refused():
     with pytest.raises(UserError, match="is a seed model for 224-px images but profile quick uses the small "
                                         "model at 32 px"):
         pipe.evaluate(seed_on_digits)  # type: ignore[arg-type]
+
+
+# --- D: the harness's input files are checked at configure time (exit 4), not in every test ---------
+
+@pytest.fixture
+def bench_copy(pytester: pytest.Pytester, tmp_path, monkeypatch) -> pytest.Pytester:
+    import shutil
+
+    shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
+    shutil.copytree(REPO / "bench", pytester.path / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("VGGPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return pytester
+
+
+def test_bad_harness_inputs_are_usage_errors_at_configure(bench_copy, tmp_path):
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"quick": {"base_min_top1": NaN}}')
+    garbage = tmp_path / "w.pth"
+    garbage.write_bytes(b"not a torch file")
+    folder = make_imagefolder(tmp_path / "imgs")
+    (folder / "test" / "ant").rename(folder / "test" / "ants")
+    for args, message in [([f"--thresholds={nan}"], "base_min_top1 = nan is not a number in [0, 1]"),
+                          ([f"--expected-params={nan}"], "has no 'counts' object"),
+                          ([f"--weights={garbage}"], "is neither a state dict nor a vggprune model file"),
+                          (["--profile=imagefolder", f"--data-root={folder}"], "classes differ from train/'s"),
+                          (["--data-root", str(tmp_path / "typo")], "--data-root: "),
+                          (["--criterion", "l2,l1"], "--criterion: takes one value")]:
+        result = bench_copy.runpytest("bench", "--collect-only", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        assert message in result.stderr.str(), (args, result.stderr.str())
+
+
+def test_stale_benchmark_json_temp_is_swept_at_configure(bench_copy, tmp_path):
+    out = tmp_path / "reports"
+    out.mkdir()
+    stale = out / ".run.json.999999999.bench.tmp"
+    stale.write_text("{")
+    result = bench_copy.runpytest("bench", "--collect-only", f"--benchmark-json={out / 'run.json'}")
+    assert result.ret == pytest.ExitCode.OK and not stale.exists()
+
+
+# --- Also: a user's own small images run through the whole harness on a laptop ------------------------
+
+def test_imagefolder_with_a_small_model_runs_the_harness_end_to_end(bench_copy, tmp_path):
+    folder = make_imagefolder(tmp_path / "imgs")
+    out = tmp_path / "run.json"
+    result = bench_copy.runpytest_subprocess(
+        "bench", "--profile", "imagefolder", f"--data-root={folder}", "--model", "small", "--image-size", "32",
+        "--epochs", "1", "--finetune-epochs", "0", "--rates", "0,0.5", "--methods", "by-hand", "--scopes", "fc",
+        "--batch-sizes", "2", "--latency-rounds", "2", "--latency-warmup", "0", "--devices", "cpu",
+        "--threads", "1", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs")
+    # no committed thresholds for imagefolder: accuracy is measured, the gate skips saying so
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*no accuracy threshold for profile 'imagefolder'*"])
+    infos = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert {i["model"] for i in infos} == {"small"} and {i["image_size"] for i in infos} == {32}
+    assert all(0.0 <= i["accuracy"] <= 1.0 for i in infos)

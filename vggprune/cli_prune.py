@@ -9,22 +9,21 @@ from tabulate import tabulate
 
 from vggprune.limits import MAX_NUM_CLASSES, MAX_ROUND_TO, MAX_SEED, int_in_range
 from vggprune.models import VARIANTS, build_vgg11
-from vggprune.options import Once
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, parse_rates, prune
 from vggprune.pruning.plan import check_choice
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action=Once, default="seed", help=f"model variant: {', '.join(VARIANTS)} (default seed)")
-    p.add_argument("--num-classes", action=Once, default="102",
+    p.add_argument("--model", default="seed", help=f"model variant: {', '.join(VARIANTS)} (default seed)")
+    p.add_argument("--num-classes", default="102",
                    help=f"classifier outputs, 1..{MAX_NUM_CLASSES:,} (default 102)")
-    p.add_argument("--method", action=Once, default="torch-pruning",
+    p.add_argument("--method", default="torch-pruning",
                    help=f"{' | '.join(METHODS)} (default torch-pruning)")
-    p.add_argument("--scope", action=Once, default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
-    p.add_argument("--criterion", action=Once, default="l2", help=f"{' | '.join(CRITERIA)} (default l2)")
-    p.add_argument("--round-to", action=Once, default="1",
+    p.add_argument("--scope", default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
+    p.add_argument("--criterion", default="l2", help=f"{' | '.join(CRITERIA)} (default l2)")
+    p.add_argument("--round-to", default="1",
                    help=f"round kept widths down to a multiple, 1..{MAX_ROUND_TO} (default 1)")
-    p.add_argument("--seed", action=Once, default="0", help="seed for weights and the random criterion (default 0)")
+    p.add_argument("--seed", default="0", help="seed for weights and the random criterion (default 0)")
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
@@ -99,13 +98,13 @@ def run_prune(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("params", help="parameter and MAC counts of a model pruned at several rates")
     _add_model_options(p)
-    p.add_argument("--rates", action=Once, default="0,0.1,0.2,0.3,0.4,0.5", help="comma-separated rates in [0, 1)")
+    p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4,0.5", help="comma-separated rates in [0, 1)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=run_params)
 
     p = sub.add_parser("prune", help="prune one model and save it (spec + state_dict)")
     _add_model_options(p)
-    p.add_argument("--rate", action=Once, type=float, required=True, help="fraction of units to remove, in [0, 1)")
-    p.add_argument("--input", action=Once, default=None, help="a saved vggprune model to prune (default: a fresh one)")
-    p.add_argument("--out", action=Once, required=True, help="where to write the pruned model (.pt)")
+    p.add_argument("--rate", type=float, required=True, help="fraction of units to remove, in [0, 1)")
+    p.add_argument("--input", default=None, help="a saved vggprune model to prune (default: a fresh one)")
+    p.add_argument("--out", required=True, help="where to write the pruned model (.pt)")
     p.set_defaults(func=run_prune)

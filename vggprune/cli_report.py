@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from vggprune.options import Once
 from vggprune.report import FORMATS
 
 
@@ -49,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN.json", help="pytest bench/ --benchmark-json output")
     p.add_argument("--format", choices=FORMATS, default="github",
                    help="what to print on stdout (default github); the files are written either way")
-    p.add_argument("--out", action=Once, default=None,
+    p.add_argument("--out", default=None,
                    help="where summary.md/.csv/.json and the PNGs go (default: the first run's directory)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run_report)

@@ -11,19 +11,19 @@ import argparse
 import sys
 
 from vggprune.errors import UserError
-from vggprune.options import TRAINING, Once, add_options, read_options
+from vggprune.options import TRAINING, add_options, read_options
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate
 
 
 def _add_case_options(p: argparse.ArgumentParser) -> None:
     # The training options are the harness's own (vggprune.options): same names, help and env twins.
     add_options(p.add_argument, TRAINING + ("criterion", "round_to"))
-    p.add_argument("--method", action=Once, default="torch-pruning",
+    p.add_argument("--method", default="torch-pruning",
                    help=f"{' | '.join(METHODS)} (default torch-pruning)")
-    p.add_argument("--scope", action=Once, default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
-    p.add_argument("--rate", action=Once, type=float, default=0.0,
+    p.add_argument("--scope", default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
+    p.add_argument("--rate", type=float, default=0.0,
                    help="fraction of units to remove, in [0, 1) (default 0)")
-    p.add_argument("--device", action=Once, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="always show progress bars (default: only on a terminal outside CI)")
@@ -118,12 +118,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train (or fetch from the cache) one case and print its test accuracy")
     _add_case_options(p)
-    p.add_argument("--out", action=Once, default=None, help="also save the trained model here (.pt)")
+    p.add_argument("--out", default=None, help="also save the trained model here (.pt)")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="evaluate a cached case, or --checkpoint PATH, on the profile's data")
     _add_case_options(p)
-    p.add_argument("--checkpoint", action=Once, default=None,
+    p.add_argument("--checkpoint", default=None,
                    help="a saved vggprune model to evaluate instead of the cached case")
     p.add_argument("--split", default="test", choices=("val", "test"), help="which split (default test)")
     p.set_defaults(func=run_evaluate)

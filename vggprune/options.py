@@ -5,13 +5,13 @@ caller's ``addoption`` (pytest's ``group.addoption`` or argparse's ``parser.add_
 root conftest and ``vggprune train/evaluate`` declare the same options with the same help and env
 twins. :func:`read_options` then turns them into raw strings (option first, then its environment
 variable, read through vggprune.env), ready for vggprune.settings to check. Values are not parsed
-here, only shaped: a single-value option given a comma list, or given twice, is refused instead of
-silently keeping one value; an explicitly empty value is refused instead of meaning "the default".
+here, only shaped: a single-value option given a comma list is refused instead of silently keeping
+one value; an explicitly empty value is refused instead of meaning "the default". An option given
+twice keeps the last, the usual command-line override (e.g. `make bench BENCH_ARGS=...`).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,18 +74,6 @@ TRAINING = ("profile", "model", "image_size", "epochs", "finetune_epochs", "seed
 HARNESS = tuple(OPTIONS)
 
 
-class Once(argparse.Action):
-    """Store one value; giving the option twice is an error rather than a silent overwrite."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
-        seen = getattr(namespace, f"_seen_{self.dest}", False)
-        if seen and getattr(namespace, self.dest, None) != values:
-            raise argparse.ArgumentError(self, f"given twice ({getattr(namespace, self.dest)!r} and {values!r}); "
-                                               f"it takes one value")
-        setattr(namespace, f"_seen_{self.dest}", True)
-        setattr(namespace, self.dest, values)
-
-
 def add_options(addoption: Callable[..., Any], names: Iterable[str] = HARNESS, prefix: str = "",
                 env_help: bool = True) -> None:
     """Declare ``names`` through ``addoption`` (pytest's or argparse's), each flag prefixed by ``prefix``."""
@@ -96,9 +84,9 @@ def add_options(addoption: Callable[..., Any], names: Iterable[str] = HARNESS, p
         if opt.kind == FLAG:
             addoption(flag, dest=opt.dest, action="store_true", default=False, help=opt.help + env)
             continue
-        addoption(flag, dest=opt.dest, action=Once, default=None, help=opt.help + env)
+        addoption(flag, dest=opt.dest, default=None, help=opt.help + env)
         if opt.old:
-            addoption(f"--{prefix}{opt.old[2:]}", dest=f"{opt.dest}_old", action=Once, default=None,
+            addoption(f"--{prefix}{opt.old[2:]}", dest=f"{opt.dest}_old", default=None,
                       help=f"deprecated spelling of {flag} (removed in the next release)")
 
 

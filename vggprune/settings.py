@@ -151,7 +151,11 @@ def check_data_root(text: str | None) -> Path | None:
         raise UserError(f"--data-root: {path} does not exist")
     if not path.is_dir():
         raise UserError(f"--data-root: {path} is not a directory")
-    if not any(path.iterdir()):
+    try:
+        empty = not any(path.iterdir())
+    except OSError as exc:
+        raise UserError(f"--data-root: {path} cannot be read ({exc.strerror or exc})") from None
+    if empty:
         raise UserError(f"--data-root: {path} is empty")
     return path
 

@@ -121,8 +121,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], b
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         # torch's hint to disable weights_only would mean running the file's code: not passed on.
-        raise UserError(f"weights file {path} is neither a state dict nor a vggprune model file (it cannot be "
-                        f"read safely: {type(exc).__name__})") from None
+        raise UserError(f"cannot read weights file {path}: it is neither a state dict nor a vggprune model "
+                        f"file ({type(exc).__name__} when read safely)") from None
     ours = isinstance(obj, dict) and obj.get("format") == FORMAT
     if ours:
         check_payload(obj, f"weights file {path}")  # the same validator as every other model file
