@@ -133,6 +133,7 @@ def test_seed_profile_without_data_times_but_skips_accuracy_with_how_to(bench, t
     (tmp_path / "no-flowers").mkdir()  # an explicit --data-root must exist and not be empty (issue 13)
     (tmp_path / "no-flowers" / "notes.txt").write_text("no Flowers102 here")
     result = bench.runpytest_subprocess("bench", "--profile", "seed", "--rates", "0", "--batch-sizes", "1",
+                                        "--runtimes", "eager",
                              "--latency-rounds", "1", "--latency-warmup", "0", "--devices", "cpu",
                              f"--data-root={tmp_path / 'no-flowers'}", "-rs", f"--benchmark-json={json_path}")
     result.assert_outcomes(passed=1, skipped=1)

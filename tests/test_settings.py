@@ -21,7 +21,11 @@ def test_quick_defaults_expand_to_one_base_and_every_pruned_case():
     ids = [c.id for c in s.cases()]
     assert ids[0] == "quick-base-r0.00-cpu-b1"
     assert "quick-torch-pruning-fc-r0.30-cpu-b64" in ids and "quick-by-hand-conv-r0.50-cpu-b1" in ids
-    assert len(ids) == len(set(ids)) == len(keys) * len(p.batch_sizes)
+    # eager for every model; fused, onnxruntime and openvino for the base and each scope's 50 % models
+    deploy = 1 + len(p.methods) * len(p.scopes)
+    assert p.runtimes == ("eager", "fused", "onnxruntime", "openvino")
+    assert len(ids) == len(set(ids)) == (len(keys) + 3 * deploy) * len(p.batch_sizes)
+    assert "quick-by-hand-conv-r0.50-openvino-cpu-b64" in ids and "quick-by-hand-conv-r0.30-fused-cpu-b64" not in ids
 
 
 def test_seed_profile_defaults_match_the_study():
@@ -32,7 +36,7 @@ def test_seed_profile_defaults_match_the_study():
 
 def test_overrides_and_non_default_axes_show_in_ids():
     s = settings(rates="0.5,0.25,0.5", methods="by-hand", scopes="all", criterion="l1", round_to="8",
-                 batch_sizes="4", devices="cpu", threads="1")
+                 batch_sizes="4", devices="cpu", threads="1", runtimes="eager")
     assert s.profile.rates == (0.25, 0.5) and s.threads == 1
     assert [c.id for c in s.cases()] == ["quick-base-r0.00-cpu-b4", "quick-by-hand-all-r0.25-l1-x8-cpu-b4",
                                          "quick-by-hand-all-r0.50-l1-x8-cpu-b4"]
