@@ -307,3 +307,14 @@ def test_json_output_lists_verdicts(tmp_path, capsys):
     assert [c["case_id"] for c in parsed["cases"] if c["fails"]] == [e["case_id"]]
     (sizes,) = [v for c in parsed["cases"] if c["fails"] for v in c["verdicts"] if v["aspect"] == "sizes"]
     assert sizes["verdict"] == "regressed"
+
+
+def test_an_unexpected_error_never_exits_with_the_regression_code(monkeypatch, capsys):
+    import vggprune.compare
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(vggprune.compare, "compare_files", boom)
+    code, out, err = run(capsys, CPU, CPU)
+    assert code == 3 and out == "" and err.count("\n") == 1 and "internal error: ZeroDivisionError: a bug" in err

@@ -41,6 +41,9 @@ def one_line(exc: BaseException) -> str:
     return lines[-1] if lines and lines[0].startswith("Caught ") else " ".join(lines)
 
 
+INTERNAL_ERROR = 3  # never 1 (compare's "regression") nor 2 (bad input)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -57,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vggprune: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input; exit 1 would read as "regression" to compare's callers
+        print(f"vggprune {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} "
+              f"(please report it; exit code {INTERNAL_ERROR})", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":
