@@ -7,10 +7,8 @@ import json
 
 from tabulate import tabulate
 
+from vggprune.choices import CRITERIA, METHODS, SCOPES, VARIANTS, check_choice, check_rate, parse_rates
 from vggprune.limits import MAX_NUM_CLASSES, MAX_ROUND_TO, MAX_SEED, int_in_range
-from vggprune.models import VARIANTS, build_vgg11
-from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, parse_rates, prune
-from vggprune.pruning.plan import check_choice
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -41,11 +39,14 @@ def _base_model(args: argparse.Namespace):
     import torch
 
     torch.manual_seed(args.seed)
+    from vggprune.models import build_vgg11
+
     return build_vgg11(args.model, num_classes=args.num_classes).eval()
 
 
 def run_params(args: argparse.Namespace) -> int:
     from vggprune.counting import count_params_macs
+    from vggprune.pruning import prune
 
     _check_model_options(args)
     rates = parse_rates(args.rates)
@@ -79,6 +80,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from vggprune.atomic import check_output_file
     from vggprune.checkpoint import load_model, save_model
     from vggprune.counting import count_params_macs
+    from vggprune.pruning import prune
 
     _check_model_options(args)
     rate = check_rate(args.rate)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vggprune.choices import CRITERIA, METHODS, SCOPES, check_rate
 from vggprune.errors import UserError
 from vggprune.options import TRAINING, add_options, read_options
-from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate
 
 
 def _add_case_options(p: argparse.ArgumentParser) -> None:

@@ -14,9 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from vggprune.choices import VARIANTS  # noqa: E402  (one definition, importable without torch)
 from vggprune.errors import UserError
-
-VARIANTS = ("seed", "torchvision", "small")
 
 # torchvision's VGG11 ("A") configuration: conv widths, "M" = 2x2 max-pool.
 VGG11_CFG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
