@@ -11,7 +11,7 @@ from vggprune import build_vgg11
 from vggprune.checkpoint import save_model
 from vggprune.data import load_data
 from vggprune.errors import UserError
-from vggprune.train import DivergedError, evaluate, fit, progress_enabled, topk_correct
+from vggprune.train import DivergedError, evaluate, evaluate_images, fit, progress_enabled, topk_correct
 from vggprune.weights import load_weights_into, resolve_init
 
 
@@ -25,6 +25,21 @@ class FixedLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits[x.long().view(-1)]
+
+
+def test_per_image_top1_is_in_order_and_top1_is_its_mean():
+    # 5 items over batches of 2; hits at positions 0, 3 and 4 (argmax equals the target)
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
+    targets = torch.tensor([0, 1, 0, 1, 0])
+    loader = DataLoader(TensorDataset(torch.arange(5).float(), targets), batch_size=2)
+    result = evaluate_images(FixedLogits(logits), loader)
+    assert result.correct == "10011" and result.top1 == 3 / 5 and result.top5 == 1.0
+
+
+def test_empty_split_is_a_user_error():
+    loader = DataLoader(TensorDataset(torch.zeros(0), torch.zeros(0, dtype=torch.long)), batch_size=2)
+    with pytest.raises(UserError, match="empty split"):
+        evaluate_images(FixedLogits(torch.zeros(1, 2)), loader)
 
 
 def test_topk_counts_by_hand():
@@ -42,6 +57,9 @@ def test_evaluate_matches_hand_count():
     loader = DataLoader(TensorDataset(torch.arange(9).float(), targets), batch_size=4)
     top1, top5, loss = evaluate(FixedLogits(logits), loader)
     assert (top1, top5) == (7 / 9, 8 / 9)
+    per_image = evaluate_images(FixedLogits(logits), loader)
+    assert per_image.correct == "111111100" and per_image.n == 9  # in loader order, across batches
+    assert (per_image.top1, per_image.top5, per_image.loss) == (top1, top5, loss)
     expected_loss = nn.functional.cross_entropy(logits, targets).item()
     assert loss == pytest.approx(expected_loss, rel=1e-6)
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy.stats import binomtest, norm
-
 
 def check_correct(correct: str) -> str:
     """``correct`` unchanged if it is a non-empty string of '0'/'1', else a ValueError saying why."""
@@ -43,6 +41,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    from scipy.stats import norm  # lazy: train.py imports this module for accuracy() alone
+
     z = float(norm.ppf(0.5 + confidence / 2))
     p, z2 = successes / n, z * z
     denom = 1 + z2 / n
@@ -87,6 +87,8 @@ def mcnemar_exact(baseline_correct: str, candidate_correct: str) -> McNemar:
                          f"the two runs were not evaluated on the same test set")
     b = sum(1 for x, y in zip(baseline_correct, candidate_correct) if x == "1" and y == "0")
     c = sum(1 for x, y in zip(baseline_correct, candidate_correct) if x == "0" and y == "1")
+    from scipy.stats import binomtest
+
     # No disagreement is no evidence of a difference; binomtest refuses n = 0.
     p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
     return McNemar(b, c, len(baseline_correct), min(1.0, p))

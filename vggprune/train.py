@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vggprune.errors import UserError
+from vggprune.stats import accuracy
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -75,24 +76,56 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int]) -> list[int]:
-    """How many rows have their target among the top-k logits, for each k (k capped at the class count)."""
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int]) -> list[torch.Tensor]:
+    """Per row, whether its target is among the top-k logits, for each k (k capped at the class count)."""
+    ks = list(ks)
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices
     hits = pred.eq(targets.view(-1, 1))
-    return [int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return [hits[:, : min(k, kmax)].any(dim=1) for k in ks]
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int]) -> list[int]:
+    """How many rows have their target among the top-k logits, for each k (k capped at the class count)."""
+    return [int(h.sum()) for h in topk_hits(logits, targets, ks)]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model scored on one split: per-item top-1 correctness in loader order, and summaries.
+
+    ``top1`` is computed from ``correct``, so the per-image evidence and the headline figure can never
+    disagree (a paired test such as McNemar's relies on that).
+    """
+
+    correct: str  # '0'/'1' per item, in the loader's (unshuffled) order
+    top5_hits: int
+    loss: float  # mean cross-entropy
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    @property
+    def top1(self) -> float:
+        return accuracy(self.correct)
+
+    @property
+    def top5(self) -> float:
+        return self.top5_hits / self.n
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
-             progress: bool | None = False, desc: str = "eval") -> tuple[float, float, float]:
-    """(top-1, top-5, mean cross-entropy) of ``model`` on ``loader``.
+def evaluate_images(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
+                    progress: bool | None = False, desc: str = "eval") -> Evaluation:
+    """Score ``model`` on every item of ``loader``, keeping which items it got right (top-1).
 
     The model is moved to ``device`` and left there, in eval mode (callers that hand it on move it back).
     """
     dev = resolve_device(device)
     model.to(dev).eval()
-    n = c1 = c5 = 0
+    hits: list[torch.Tensor] = []
+    c5 = 0
     loss_sum = 0.0
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda")
     bar = _progress_bar(len(loader), desc, progress_enabled(progress))
@@ -102,14 +135,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | 
             with autocast:
                 logits = model(x)
             loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            a, b = topk_correct(logits, y, (1, 5))
-            c1, c5, n = c1 + a, c5 + b, n + len(y)
+            top1_hits, top5_hits = topk_hits(logits, y, (1, 5))
+            hits.append(top1_hits.cpu())
+            c5 += int(top5_hits.sum())
             bar.update(1)
     finally:
         bar.close()
-    if n == 0:
+    flags = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    if flags.numel() == 0:
         raise UserError("cannot evaluate on an empty split")
-    return c1 / n, c5 / n, loss_sum / n
+    correct = "".join("1" if hit else "0" for hit in flags.tolist())
+    return Evaluation(correct, c5, loss_sum / len(correct))
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
+             progress: bool | None = False, desc: str = "eval") -> tuple[float, float, float]:
+    """(top-1, top-5, mean cross-entropy) of ``model`` on ``loader``: :func:`evaluate_images` summarised."""
+    result = evaluate_images(model, loader, device, progress, desc)
+    return result.top1, result.top5, result.loss
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float,
