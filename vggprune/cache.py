@@ -36,7 +36,10 @@ except ImportError:  # pragma: no cover - Windows
 
 CACHE_DIR_ENV = "VGGPRUNE_CACHE_DIR"
 NO_CACHE_ENV = "VGGPRUNE_NO_CACHE"
-CACHE_LAYOUT = 1  # bump when the meaning of a cached file changes
+# Bump when the meaning of a cached file changes; callers put it in their keys, so entries written
+# under an older layout are misses, never misread. 2: entries carry per-image test correctness
+# ("correct"), the before-fine-tuning evaluation and the test-set fingerprint.
+CACHE_LAYOUT = 2
 # Modules whose code decides what a trained checkpoint contains.
 _TRAINING_CODE = ("models.py", "data.py", "train.py", "weights.py", "pruning/__init__.py", "pruning/plan.py",
                   "pruning/by_hand.py", "pruning/tp_backend.py")
