@@ -11,7 +11,16 @@ from vggprune import build_vgg11
 from vggprune.checkpoint import save_model
 from vggprune.data import load_data
 from vggprune.errors import UserError
-from vggprune.train import DivergedError, evaluate, evaluate_images, fit, progress_enabled, topk_correct
+from vggprune.train import (
+    DivergedError,
+    cpu_kernel_identity,
+    evaluate,
+    evaluate_images,
+    fit,
+    pinned_kernel_env,
+    progress_enabled,
+    topk_correct,
+)
 from vggprune.weights import load_weights_into, resolve_init
 
 
@@ -197,3 +206,12 @@ def test_imagenet_unavailable_falls_back_to_a_seeded_random_init(tmp_path, monke
     assert source.kind == "random" and source.identity == {"kind": "random", "seed": 5}
     assert "could not be fetched" in source.note and "--weights PATH" in source.note
     assert resolve_init("small").note == ""  # never tried for the small model
+
+
+def test_cpu_kernel_identity_reports_the_switches_that_change_training(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    ident = cpu_kernel_identity()
+    assert ident["ONEDNN_MAX_CPU_ISA"] == "AVX2" and ident["MKL_CBWR"] is None
+    assert ident["threads"] == torch.get_num_threads() and ident["aten_cpu_capability"]
+    assert pinned_kernel_env() == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}

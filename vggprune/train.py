@@ -42,6 +42,31 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+# Environment switches that choose PyTorch's CPU kernels. Each one alone changes trained weights (and a
+# few test images) on the same machine, as does the thread count: CPU training is bit-reproducible for
+# a given machine, thread count and these settings, not across CPU types. See cpu_kernel_identity().
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def pinned_kernel_env(isa: str = "avx2") -> dict[str, str]:
+    """Settings that cap ATen, oneDNN and MKL to one instruction set (opt-in, not a default).
+
+    They only take effect when in the environment before torch is first used, e.g.
+    ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 vggprune train …``. They make
+    two machines agree only if the thread count matches too, and oneDNN may still block differently
+    for different cache sizes; and on an AVX-512 machine they give up its faster kernels.
+    """
+    return {"ATEN_CPU_CAPABILITY": isa.lower(), "ONEDNN_MAX_CPU_ISA": isa.upper(), "MKL_CBWR": isa.upper()}
+
+
+def cpu_kernel_identity() -> dict[str, str | int | None]:
+    """What decides CPU training numerics besides code, data and seed: record it beside results so a
+    difference between two machines' accuracies can be attributed (or ruled out) without retraining."""
+    return {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+            **{name: os.environ.get(name) for name in KERNEL_ENV}}
+
+
 def progress_enabled(progress: bool | None) -> bool:
     """``None`` = automatic: bars only on an interactive terminal and never when ``CI`` is set."""
     if progress is not None:
