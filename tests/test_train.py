@@ -19,6 +19,7 @@ from vggprune.train import (
     fit,
     pinned_kernel_env,
     progress_enabled,
+    recalibrate_batchnorm,
     topk_correct,
 )
 from vggprune.weights import load_weights_into, resolve_init
@@ -215,3 +216,18 @@ def test_cpu_kernel_identity_reports_the_switches_that_change_training(monkeypat
     assert ident["ONEDNN_MAX_CPU_ISA"] == "AVX2" and ident["MKL_CBWR"] is None
     assert ident["threads"] == torch.get_num_threads() and ident["aten_cpu_capability"]
     assert pinned_kernel_env() == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def test_recalibrate_batchnorm_sets_running_stats_to_the_batches_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+    model[1].running_mean.fill_(7.0)  # stale, as after pruning the layer before
+    x = torch.arange(8.0).view(2, 1, 2, 2) + 1  # image 1 holds 1..4, image 2 holds 5..8
+    loader = DataLoader(TensorDataset(x, torch.zeros(2)), batch_size=1)  # two batches of one image
+    recalibrate_batchnorm(model, loader, batches=2)
+    # channel c scales by (c + 1): the average of the two batches' means and unbiased variances
+    # (2.5 and 6.5 for images 1..4 and 5..8, each with variance 5/3)
+    assert torch.allclose(model[1].running_mean, torch.tensor([4.5, 9.0]))
+    assert torch.allclose(model[1].running_var, torch.tensor([5 / 3, 4 * 5 / 3]))
+    assert not model.training and model[1].momentum == 0.1 and model[0].weight.grad is None
