@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import struct
 
 import pytest
 import torch
 
 from tests.helpers_data import accept_miniature_flowers, make_flowers102, make_imagefolder, tiny_profile
 from vggprune import build_vgg11
-from vggprune.cache import CacheWarning
+from vggprune.cache import CACHE_LAYOUT, CacheWarning
 from vggprune.checkpoint import load_model, save_model
 from vggprune.cli import main
+from vggprune.data import labels_fingerprint, split_labels
 from vggprune.errors import UserError
 from vggprune.pipeline import CaseResult, Pipeline
 from vggprune.profiles import PROFILES, get_profile
+from vggprune.pruning import prune
+from vggprune.stats import wilson_interval
+from vggprune.train import evaluate_images
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +57,54 @@ def test_base_and_case_are_trained_then_served_from_the_cache(warm_cache):
     assert (warm_base.top1, warm_case.top1, warm_case.top5) == (base.top1, case.top1, case.top5)
     assert _weights_equal(warm_case.model, case.model) and warm_case.checkpoint == case.checkpoint
     assert not warm_case.model.training and next(warm_case.model.parameters()).device.type == "cpu"
+    for fresh, warm in ((base, warm_base), (case, warm_case)):  # per-image evidence survives the cache
+        assert (warm.correct, warm.correct_before_finetune, warm.test_fingerprint) == (
+            fresh.correct, fresh.correct_before_finetune, fresh.test_fingerprint)
+    assert set(warm_case.info) == set(case.info)  # results are fields, not leftovers in info
+
+
+def test_results_are_kept_per_test_image_with_the_test_sets_fingerprint(warm_cache):
+    root, base, case = warm_cache
+    pipe = Pipeline(tiny_profile(), cache_dir=root, progress=False)
+    labels = pipe.data().test.dataset.tensors[1].tolist()
+    assert len(case.correct) == len(base.correct) == len(labels) == 360 and set(case.correct) <= {"0", "1"}
+    assert case.top1 == case.correct.count("1") / 360 and base.top1 == base.correct.count("1") / 360
+    assert case.top1_ci == wilson_interval(case.correct.count("1"), 360)
+    # the same images in order: re-scoring the returned model reproduces the string exactly
+    assert evaluate_images(case.model, pipe.data().test).correct == case.correct
+    expected = hashlib.sha256(f"{len(labels)}:".encode() + struct.pack(f"<{len(labels)}q", *labels))
+    assert case.test_fingerprint == base.test_fingerprint == pipe.test_fingerprint == expected.hexdigest()[:16]
+
+
+def test_damage_before_fine_tuning_is_the_pruned_base_scored_on_test(warm_cache):
+    root, base, case = warm_cache
+    assert base.correct_before_finetune is None and base.top1_before_finetune is None
+    pipe = Pipeline(tiny_profile(), cache_dir=root, progress=False)
+    one_shot = prune(base.model, 0.3, method="by-hand", scope="conv", seed=pipe.profile.seed)
+    assert evaluate_images(one_shot, pipe.data().test).correct == case.correct_before_finetune
+    assert case.top1_before_finetune == case.correct_before_finetune.count("1") / 360
+    assert case.top1_before_finetune_ci[0] <= case.top1_before_finetune <= case.top1_before_finetune_ci[1]
+
+
+def test_fingerprint_tells_test_sets_apart():
+    assert labels_fingerprint([2, 0, 1]) == hashlib.sha256(b"3:" + struct.pack("<3q", 2, 0, 1)).hexdigest()[:16]
+    prints = {labels_fingerprint(v) for v in ([2, 0, 1], [0, 1, 2], [2, 0], [2, 0, 1, 1])}
+    assert len(prints) == 4  # order and size both count
+    assert split_labels(torch.utils.data.TensorDataset(torch.zeros(3), torch.tensor([2, 0, 1]))) == [2, 0, 1]
+
+
+def test_an_entry_without_per_image_results_is_rebuilt_not_trusted(warm_cache, tmp_path):
+    root, _, case = warm_cache
+    pipe = Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False)
+    pipe._base = dataclasses.replace(case, model=warm_cache[1].model)  # reuse the trained base: no retraining
+    key = pipe.case_key("by-hand", "conv", 0.3)
+    assert key["base"]["cache_layout"] == CACHE_LAYOUT  # entries from an older layout are another file
+    old_style = {"top1": 0.5, "top5": 1.0, "epochs": 1}  # what a layout-1 entry held
+    pipe.cache.store(key, "quick-small-by-hand-conv-l2-r0.3", case.model, old_style)
+    with pytest.warns(CacheWarning, match="lacks valid per-image results"):
+        rebuilt = pipe.case("by-hand", "conv", 0.3)
+    assert not rebuilt.from_cache and len(rebuilt.correct) == 360 and rebuilt.correct_before_finetune
+    assert Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False).cached("by-hand", "conv", 0.3).from_cache
 
 
 def test_rate_zero_is_the_base_and_each_call_gets_its_own_copy(warm_cache):
@@ -70,6 +124,7 @@ def test_a_different_setting_is_a_miss(warm_cache):
     assert pipe.base().from_cache  # fine-tuning settings do not retrain the base…
     assert not one_shot.from_cache and one_shot.checkpoint != case.checkpoint  # …but are a new case
     assert one_shot.info["epochs"] == 0 and one_shot.info["best_epoch"] == 0
+    assert one_shot.correct == one_shot.correct_before_finetune == case.correct_before_finetune
 
 
 def test_corrupt_cache_file_is_reported_and_rebuilt(tmp_path):
@@ -110,9 +165,11 @@ def test_missing_data_still_gives_models_with_the_reason(tmp_path):
     assert pipe.num_classes == 102
     base = pipe.base()
     assert (base.top1, base.top5, base.reason) == (None, None, reason)
+    assert (base.correct, base.top1_ci, pipe.test_fingerprint) == (None, None, None)
     assert base.info["init"] == "random" and base.model.spec.num_classes == 102
     case = pipe.case("torch-pruning", "fc", 0.5)
     assert case.top1 is None and case.reason == reason and case.checkpoint is None
+    assert (case.correct_before_finetune, case.top1_before_finetune, case.test_fingerprint) == (None, None, None)
     assert case.model.spec.fc_widths == tuple(w - w // 2 for w in base.model.spec.fc_widths)
     assert not (tmp_path / "cache").exists()  # untrained models are not cached
 
@@ -126,6 +183,8 @@ def test_flowers102_miniature_through_the_pipeline(tmp_path, monkeypatch):
     assert pipe.data_missing_reason is None
     case = pipe.case("by-hand", "fc", 0.5)  # one-shot: pruned, evaluated, not fine-tuned
     assert 0.0 <= case.top1 <= case.top5 <= 1.0 and case.info["epochs"] == 0 and case.checkpoint.is_file()
+    labels = split_labels(pipe.data().datasets["test"])  # Flowers102's own labels, no image decoded
+    assert len(case.correct) == len(labels) == 6 and case.test_fingerprint == labels_fingerprint(labels)
 
 
 def test_imagefolder_through_the_pipeline_takes_its_class_count(tmp_path):
@@ -180,9 +239,12 @@ def test_cli_train_then_evaluate(cli_env, capsys):
     out = capsys.readouterr().out
     assert "quick, by-hand fc l2 rate 0.3: test top-1 " in out and f"checkpoint: {cli_env / 'cache'}" in out
     train_top1 = out.split("top-1 ")[1].split(",")[0]
+    assert "/360; 95% CI 0." in train_top1 and "\nbefore fine-tuning: test top-1 0." in out
+    fingerprint = out.split("test set: 360 images, fingerprint ")[1].split()[0]
     assert main(["evaluate", "--method", "by-hand", "--scope", "fc", "--rate", "0.3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"test top-1 {train_top1}," in out  # evaluating the cached checkpoint reproduces the figure
+    assert f"fingerprint {fingerprint}" in out
     assert main(["train", "--method", "by-hand", "--scope", "fc", "--rate", "0.3"]) == 0
     assert "loaded from cache" in capsys.readouterr().out
 

@@ -11,7 +11,17 @@ from vggprune import build_vgg11
 from vggprune.checkpoint import save_model
 from vggprune.data import load_data
 from vggprune.errors import UserError
-from vggprune.train import DivergedError, evaluate, fit, progress_enabled, topk_correct
+from vggprune.train import (
+    DivergedError,
+    cpu_kernel_identity,
+    evaluate,
+    evaluate_images,
+    fit,
+    pinned_kernel_env,
+    progress_enabled,
+    recalibrate_batchnorm,
+    topk_correct,
+)
 from vggprune.weights import load_weights_into, resolve_init
 
 
@@ -25,6 +35,21 @@ class FixedLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits[x.long().view(-1)]
+
+
+def test_per_image_top1_is_in_order_and_top1_is_its_mean():
+    # 5 items over batches of 2; hits at positions 0, 3 and 4 (argmax equals the target)
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
+    targets = torch.tensor([0, 1, 0, 1, 0])
+    loader = DataLoader(TensorDataset(torch.arange(5).float(), targets), batch_size=2)
+    result = evaluate_images(FixedLogits(logits), loader)
+    assert result.correct == "10011" and result.top1 == 3 / 5 and result.top5 == 1.0
+
+
+def test_empty_split_is_a_user_error():
+    loader = DataLoader(TensorDataset(torch.zeros(0), torch.zeros(0, dtype=torch.long)), batch_size=2)
+    with pytest.raises(UserError, match="empty split"):
+        evaluate_images(FixedLogits(torch.zeros(1, 2)), loader)
 
 
 def test_topk_counts_by_hand():
@@ -42,6 +67,9 @@ def test_evaluate_matches_hand_count():
     loader = DataLoader(TensorDataset(torch.arange(9).float(), targets), batch_size=4)
     top1, top5, loss = evaluate(FixedLogits(logits), loader)
     assert (top1, top5) == (7 / 9, 8 / 9)
+    per_image = evaluate_images(FixedLogits(logits), loader)
+    assert per_image.correct == "111111100" and per_image.n == 9  # in loader order, across batches
+    assert (per_image.top1, per_image.top5, per_image.loss) == (top1, top5, loss)
     expected_loss = nn.functional.cross_entropy(logits, targets).item()
     assert loss == pytest.approx(expected_loss, rel=1e-6)
 
@@ -179,3 +207,27 @@ def test_imagenet_unavailable_falls_back_to_a_seeded_random_init(tmp_path, monke
     assert source.kind == "random" and source.identity == {"kind": "random", "seed": 5}
     assert "could not be fetched" in source.note and "--weights PATH" in source.note
     assert resolve_init("small").note == ""  # never tried for the small model
+
+
+def test_cpu_kernel_identity_reports_the_switches_that_change_training(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    ident = cpu_kernel_identity()
+    assert ident["ONEDNN_MAX_CPU_ISA"] == "AVX2" and ident["MKL_CBWR"] is None
+    assert ident["threads"] == torch.get_num_threads() and ident["aten_cpu_capability"]
+    assert pinned_kernel_env() == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def test_recalibrate_batchnorm_sets_running_stats_to_the_batches_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+    model[1].running_mean.fill_(7.0)  # stale, as after pruning the layer before
+    x = torch.arange(8.0).view(2, 1, 2, 2) + 1  # image 1 holds 1..4, image 2 holds 5..8
+    loader = DataLoader(TensorDataset(x, torch.zeros(2)), batch_size=1)  # two batches of one image
+    recalibrate_batchnorm(model, loader, batches=2)
+    # channel c scales by (c + 1): the average of the two batches' means and unbiased variances
+    # (2.5 and 6.5 for images 1..4 and 5..8, each with variance 5/3)
+    assert torch.allclose(model[1].running_mean, torch.tensor([4.5, 9.0]))
+    assert torch.allclose(model[1].running_var, torch.tensor([5 / 3, 4 * 5 / 3]))
+    assert not model.training and model[1].momentum == 0.1 and model[0].weight.grad is None

@@ -37,7 +37,10 @@ try:  # POSIX; elsewhere concurrent runs may duplicate work but still never corr
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-CACHE_LAYOUT = 1  # bump when the meaning of a cached file changes
+# Bump when the meaning of a cached file changes; callers put it in their keys, so entries written
+# under an older layout are misses, never misread. 2: entries carry per-image test correctness
+# ("correct"), the before-fine-tuning evaluation and the test-set fingerprint.
+CACHE_LAYOUT = 2
 # Modules whose code decides what a trained checkpoint contains.
 _TRAINING_CODE = ("models.py", "data.py", "train.py", "weights.py", "pruning/__init__.py", "pruning/plan.py",
                   "pruning/by_hand.py", "pruning/tp_backend.py")

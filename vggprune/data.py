@@ -106,6 +106,12 @@ class DataBundle:
     def test(self) -> DataLoader:
         return self._eval_loader("test")
 
+    def fingerprint(self, split: str = "test") -> str:
+        """:func:`labels_fingerprint` of one split: tells whether two runs scored the same images."""
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        return labels_fingerprint(split_labels(self.datasets[split]))
+
     def loader(self, split: str) -> DataLoader:
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
@@ -180,6 +186,28 @@ def _check_image_header(path: Path) -> str | None:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         return f"{type(exc).__name__}: {str(exc)[:120]}"
     return None
+
+
+def split_labels(ds: Dataset) -> list[int]:
+    """A split's labels in its (evaluation) order, read without decoding images where possible."""
+    if isinstance(ds, TensorDataset):
+        return [int(v) for v in ds.tensors[1].tolist()]
+    for attr in ("targets", "_labels"):  # ImageFolder, Flowers102
+        labels = getattr(ds, attr, None)
+        if labels is not None:
+            return [int(v) for v in labels]
+    return [int(ds[i][1]) for i in range(len(ds))]  # any other dataset: slow but right
+
+
+def labels_fingerprint(labels: list[int]) -> str:
+    """16 hex digits of SHA-256 over the label count and the labels in order (int64, little-endian).
+
+    Per-image results from two runs can only be paired when both scored the same images in the same
+    order; equal fingerprints are the cheap check for that (a different split, size or order differs).
+    """
+    digest = hashlib.sha256(f"{len(labels)}:".encode())
+    digest.update(b"".join(int(v).to_bytes(8, "little", signed=True) for v in labels))
+    return digest.hexdigest()[:16]
 
 
 def check_dataset(name: str) -> str:

@@ -2,10 +2,13 @@
 
 :class:`Pipeline` is what the benchmark harness and the ``train``/``evaluate`` commands call. The base
 model is trained once per profile (disk cache, and memoised in-process); each pruned case starts from
-the base weights, is pruned, then fine-tuned for the profile's ``finetune_epochs`` (0 = one-shot),
-and the weights picked on val are scored on test. When the data is missing the pipeline still hands
-out usable models (ImageNet weights, a ``--weights`` file, or a seeded random init) with accuracy
-``None`` and the reason, so parameter and latency measurements can go ahead without data.
+the base weights, is pruned, scored on test as pruned (the damage before fine-tuning), then fine-tuned
+for the profile's ``finetune_epochs`` (0 = one-shot), and the weights picked on val are scored on test.
+Test scores are kept per image (a '0'/'1' string in test-split order) with a fingerprint of the test
+labels, so two runs can be compared image by image (McNemar) when they scored the same test set.
+When the data is missing the pipeline still hands out usable models (ImageNet weights, a ``--weights``
+file, or a seeded random init) with accuracy ``None`` and the reason, so parameter and latency
+measurements can go ahead without data.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vggprune.cache import NO_CACHE_ENV, CheckpointCache, library_versions
+from vggprune.cache import CACHE_LAYOUT, NO_CACHE_ENV, CacheWarning, CheckpointCache, library_versions
 from vggprune.data import (
     DOWNLOAD_ENV,
     SPLITS,
@@ -34,26 +38,58 @@ from vggprune.models import VGG11, VGGSpec, spec_for
 from vggprune.profiles import Profile
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
 from vggprune.pruning.plan import check_choice, check_round_to
-from vggprune.train import evaluate, fit, resolve_device
+from vggprune.stats import accuracy, check_correct, wilson_interval
+from vggprune.train import Evaluation, evaluate_images, fit, resolve_device
 from vggprune.weights import InitSource, build_initial_model, resolve_init, resolve_weights_path
 
 # Without data nor a class count (imagefolder profile, no folder), the head gets ImageNet's 1000
 # classes, so the torchvision variant is exactly torchvision's vgg11_bn and can still be timed.
 FALLBACK_NUM_CLASSES = 1000
+# Results stored beside the weights in a cache entry (everything else in it is CaseResult.info).
+_RESULT_FIELDS = ("correct", "top5", "correct_before_finetune", "test_fingerprint")
 
 
 @dataclass
 class CaseResult:
-    """One trained (or, without data, untrained) model and how good it is."""
+    """One trained (or, without data, untrained) model and how good it is.
+
+    Accuracy is kept per test image; ``top1`` and ``top1_before_finetune`` are the means of those
+    strings, so a figure and its evidence cannot disagree.
+    """
 
     model: VGG11  # on CPU, eval mode; the caller's own copy
-    top1: float | None  # test split; None when it could not be measured (see reason)
+    correct: str | None  # top-1 per test image, '0'/'1' in test-split order; None when not measured (see reason)
     top5: float | None
-    reason: str | None  # why top1 is None
+    reason: str | None  # why correct/top1 is None
     checkpoint: Path | None  # the cache file holding these weights, if any
     seconds: float  # time spent building it in this process (loading it, on a cache hit)
     from_cache: bool
     info: dict[str, Any] = field(default_factory=dict)  # val accuracy, picked epoch, starting weights…
+    # Pruned cases: the pruned model on the test split before any fine-tuning. None for the base.
+    correct_before_finetune: str | None = None
+    test_fingerprint: str | None = None  # data.labels_fingerprint of the test split scored
+
+    @property
+    def top1(self) -> float | None:
+        """Top-1 on the test split (the mean of ``correct``), or None when not measured."""
+        return None if self.correct is None else accuracy(self.correct)
+
+    @property
+    def top1_before_finetune(self) -> float | None:
+        return None if self.correct_before_finetune is None else accuracy(self.correct_before_finetune)
+
+    @property
+    def top1_ci(self) -> tuple[float, float] | None:
+        """95 % Wilson interval of ``top1``."""
+        return _wilson(self.correct)
+
+    @property
+    def top1_before_finetune_ci(self) -> tuple[float, float] | None:
+        return _wilson(self.correct_before_finetune)
+
+
+def _wilson(correct: str | None) -> tuple[float, float] | None:
+    return None if correct is None else wilson_interval(correct.count("1"), len(correct))
 
 
 class Pipeline:
@@ -90,11 +126,22 @@ class Pipeline:
         self._data: DataBundle | None = None
         self._init: InitSource | None = None
         self._base: CaseResult | None = None
+        self._test_fingerprint: str | None = None
 
     @property
     def data_missing_reason(self) -> str | None:
         """None when the data is usable, else one line: what is missing and how to provide it."""
         return self.info.missing
+
+    @property
+    def test_fingerprint(self) -> str | None:
+        """Fingerprint of the test split's labels in order (None without data): equal fingerprints mean
+        per-image results of two runs can be paired. Loads the data's labels on first use, not images."""
+        if self.data_missing_reason:
+            return None
+        if self._test_fingerprint is None:
+            self._test_fingerprint = self.data().fingerprint("test")
+        return self._test_fingerprint
 
     # --- public -----------------------------------------------------------------------------------
     def base(self) -> CaseResult:
@@ -120,7 +167,7 @@ class Pipeline:
             t0 = time.perf_counter()
             model = self._prune(base.model, method, scope, rate, criterion, round_to)
             return self._train_and_store(model, key, label, t0, epochs=self.profile.finetune_epochs,
-                                         lr=self.profile.finetune_lr, initial_is_candidate=True,
+                                         lr=self.profile.finetune_lr, pruned=True,
                                          info={**self._init_info(), "method": method, "scope": scope,
                                                "rate": rate, "criterion": criterion, "round_to": round_to})
 
@@ -142,6 +189,11 @@ class Pipeline:
 
     def evaluate(self, model: VGG11, split: str = "test") -> tuple[float, float]:
         """(top-1, top-5) of any of our models on one split of this profile's data."""
+        result = self.evaluate_images(model, split)
+        return result.top1, result.top5
+
+    def evaluate_images(self, model: VGG11, split: str = "test") -> Evaluation:
+        """Any of our models scored on one split, per image (``.correct``) and summarised."""
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
         if model.spec.num_classes != self.num_classes:
@@ -152,10 +204,10 @@ class Pipeline:
             raise UserError(f"the model is a {model.spec.variant} model for {model.spec.input_size}-px images but "
                             f"profile {self.profile.name} uses the {self.profile.model} model at "
                             f"{self.profile.image_size} px")
-        top1, top5, _ = evaluate(model, self.data().loader(split), self.device, self.progress,
+        result = evaluate_images(model, self.data().loader(split), self.device, self.progress,
                                  desc=f"{self.profile.name} {split}")
         model.to("cpu")
-        return top1, top5
+        return result
 
     def data(self) -> DataBundle:
         """The loaders (built on first use; raises a UserError saying what is missing)."""
@@ -175,9 +227,9 @@ class Pipeline:
     def base_key(self) -> dict[str, Any]:
         """Everything that determines the trained base weights."""
         # All of the base training config (fine-tuning lives apart in TrainingConfig, so it cannot leak in).
-        return {"layout": "base", "training": self.profile.training.base_key(), "spec": self.spec.to_dict(),
-                "data": self.info.identity,
-                "init": self.init_source().identity, "device": self.device.type, "versions": library_versions()}
+        return {"layout": "base", "cache_layout": CACHE_LAYOUT, "training": self.profile.training.base_key(),
+                "spec": self.spec.to_dict(), "data": self.info.identity, "init": self.init_source().identity,
+                "device": self.device.type, "versions": library_versions()}
 
     def case_key(self, method: str, scope: str, rate: float, criterion: str = "l2",
                  round_to: int = 1) -> dict[str, Any]:
@@ -223,7 +275,7 @@ class Pipeline:
             t0 = time.perf_counter()
             model = build_initial_model(self.spec, self.init_source(), seed=self.profile.seed)
             return self._train_and_store(model, key, label, t0, epochs=self.profile.base_epochs,
-                                         lr=self.profile.lr, initial_is_candidate=False, info=self._init_info())
+                                         lr=self.profile.lr, pruned=False, info=self._init_info())
 
         key, label = self.base_key(), self._base_label()
         return self._cached_or_built(key, label, build)
@@ -240,19 +292,41 @@ class Pipeline:
         entry = self.cache.load(key, label)
         if entry is None:
             return None
-        info = {k: v for k, v in entry.extra.items() if k not in ("cache_key", "top1", "top5")}
-        return CaseResult(entry.model, entry.extra["top1"], entry.extra["top5"], None, entry.path,
-                          time.perf_counter() - t0, True, info)
+        extra = entry.extra
+        try:  # the layout is in the key, so this only trips on a hand-made or damaged entry
+            check_correct(extra["correct"])
+            before = extra["correct_before_finetune"]
+            if key["layout"] == "case":
+                check_correct(before)
+            elif before is not None:
+                raise ValueError("a base entry has a before-fine-tuning result")
+            if not isinstance(extra["test_fingerprint"], str):
+                raise ValueError("no test-set fingerprint")
+        except (KeyError, TypeError, ValueError) as exc:
+            warnings.warn(f"cache file {entry.path} lacks valid per-image results ({type(exc).__name__}: "
+                          f"{str(exc)[:120]}); rebuilding it", CacheWarning, stacklevel=3)
+            return None
+        info = {k: v for k, v in extra.items() if k not in ("cache_key", *_RESULT_FIELDS)}
+        return CaseResult(entry.model, extra["correct"], extra["top5"], None, entry.path, time.perf_counter() - t0,
+                          True, info, correct_before_finetune=before, test_fingerprint=extra["test_fingerprint"])
 
     def _train_and_store(self, model: VGG11, key: dict[str, Any], label: str, t0: float, *, epochs: int,
-                         lr: float, initial_is_candidate: bool, info: dict[str, Any]) -> CaseResult:
+                         lr: float, pruned: bool, info: dict[str, Any]) -> CaseResult:
         p, data = self.profile, self.data()
+        # The one-shot damage: the classic pruning curve, and where criteria (L2, L1, random) differ.
+        before = evaluate_images(model, data.test, self.device) if pruned else None
         fitted = fit(model, data.train, data.val, epochs=epochs, lr=lr, momentum=p.momentum,
                      weight_decay=p.weight_decay, schedule=p.schedule, seed=p.seed, device=self.device,
-                     progress=self.progress, desc=label, initial_is_candidate=initial_is_candidate)
-        top1, top5, _ = evaluate(model, data.test, self.device)
+                     progress=self.progress, desc=label, initial_is_candidate=pruned)
+        # With no fine-tuning the weights are the ones just scored: skip a second identical pass.
+        after = before if before is not None and epochs == 0 else evaluate_images(model, data.test, self.device)
         model.to("cpu").eval()
         info = {**info, "val_top1": fitted.best_val_top1, "best_epoch": fitted.best_epoch, "epochs": epochs,
                 "train_seconds": time.perf_counter() - t0}
-        path = self.cache.store(key, label, model, {**info, "top1": top1, "top5": top5})
-        return CaseResult(model, top1, top5, None, path, time.perf_counter() - t0, False, info)
+        results = {"correct": after.correct, "top5": after.top5,
+                   "correct_before_finetune": before.correct if before else None,
+                   "test_fingerprint": self.test_fingerprint}
+        path = self.cache.store(key, label, model, {**info, **results})
+        return CaseResult(model, after.correct, after.top5, None, path, time.perf_counter() - t0, False, info,
+                          correct_before_finetune=results["correct_before_finetune"],
+                          test_fingerprint=self.test_fingerprint)

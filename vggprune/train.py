@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vggprune.errors import UserError
+from vggprune.stats import accuracy
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -39,6 +40,31 @@ class FitResult:
     best_epoch: int  # 0 = the starting weights (only when they were a candidate)
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+# Environment switches that choose PyTorch's CPU kernels. Each one alone changes trained weights (and a
+# few test images) on the same machine, as does the thread count: CPU training is bit-reproducible for
+# a given machine, thread count and these settings, not across CPU types. See cpu_kernel_identity().
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def pinned_kernel_env(isa: str = "avx2") -> dict[str, str]:
+    """Settings that cap ATen, oneDNN and MKL to one instruction set (opt-in, not a default).
+
+    They only take effect when in the environment before torch is first used, e.g.
+    ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 vggprune train …``. They make
+    two machines agree only if the thread count matches too, and oneDNN may still block differently
+    for different cache sizes; and on an AVX-512 machine they give up its faster kernels.
+    """
+    return {"ATEN_CPU_CAPABILITY": isa.lower(), "ONEDNN_MAX_CPU_ISA": isa.upper(), "MKL_CBWR": isa.upper()}
+
+
+def cpu_kernel_identity() -> dict[str, str | int | None]:
+    """What decides CPU training numerics besides code, data and seed: record it beside results so a
+    difference between two machines' accuracies can be attributed (or ruled out) without retraining."""
+    return {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+            **{name: os.environ.get(name) for name in KERNEL_ENV}}
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -75,24 +101,56 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int]) -> list[int]:
-    """How many rows have their target among the top-k logits, for each k (k capped at the class count)."""
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int]) -> list[torch.Tensor]:
+    """Per row, whether its target is among the top-k logits, for each k (k capped at the class count)."""
+    ks = list(ks)
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices
     hits = pred.eq(targets.view(-1, 1))
-    return [int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return [hits[:, : min(k, kmax)].any(dim=1) for k in ks]
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int]) -> list[int]:
+    """How many rows have their target among the top-k logits, for each k (k capped at the class count)."""
+    return [int(h.sum()) for h in topk_hits(logits, targets, ks)]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model scored on one split: per-item top-1 correctness in loader order, and summaries.
+
+    ``top1`` is computed from ``correct``, so the per-image evidence and the headline figure can never
+    disagree (a paired test such as McNemar's relies on that).
+    """
+
+    correct: str  # '0'/'1' per item, in the loader's (unshuffled) order
+    top5_hits: int
+    loss: float  # mean cross-entropy
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    @property
+    def top1(self) -> float:
+        return accuracy(self.correct)
+
+    @property
+    def top5(self) -> float:
+        return self.top5_hits / self.n
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
-             progress: bool | None = False, desc: str = "eval") -> tuple[float, float, float]:
-    """(top-1, top-5, mean cross-entropy) of ``model`` on ``loader``.
+def evaluate_images(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
+                    progress: bool | None = False, desc: str = "eval") -> Evaluation:
+    """Score ``model`` on every item of ``loader``, keeping which items it got right (top-1).
 
     The model is moved to ``device`` and left there, in eval mode (callers that hand it on move it back).
     """
     dev = resolve_device(device)
     model.to(dev).eval()
-    n = c1 = c5 = 0
+    hits: list[torch.Tensor] = []
+    c5 = 0
     loss_sum = 0.0
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda")
     bar = _progress_bar(len(loader), desc, progress_enabled(progress))
@@ -102,14 +160,55 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | 
             with autocast:
                 logits = model(x)
             loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            a, b = topk_correct(logits, y, (1, 5))
-            c1, c5, n = c1 + a, c5 + b, n + len(y)
+            top1_hits, top5_hits = topk_hits(logits, y, (1, 5))
+            hits.append(top1_hits.cpu())
+            c5 += int(top5_hits.sum())
             bar.update(1)
     finally:
         bar.close()
-    if n == 0:
+    flags = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    if flags.numel() == 0:
         raise UserError("cannot evaluate on an empty split")
-    return c1 / n, c5 / n, loss_sum / n
+    correct = "".join("1" if hit else "0" for hit in flags.tolist())
+    return Evaluation(correct, c5, loss_sum / len(correct))
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
+             progress: bool | None = False, desc: str = "eval") -> tuple[float, float, float]:
+    """(top-1, top-5, mean cross-entropy) of ``model`` on ``loader``: :func:`evaluate_images` summarised."""
+    result = evaluate_images(model, loader, device, progress, desc)
+    return result.top1, result.top5, result.loss
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int = 8,
+                          device: str | torch.device | None = "cpu") -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from ``batches`` batches of ``loader``.
+
+    No gradients and no labels: only the BN buffers change. Why it matters: pruning conv channels
+    removes their (post-ReLU, positive) contribution to the next layer, whose BN still normalises with
+    the unpruned statistics; on the quick model that alone collapses every criterion to one class
+    from conv rate 0.3, hiding the difference between L2, L1 and random that recalibration reveals.
+    """
+    if batches < 1:
+        raise UserError(f"batches must be >= 1, got {batches}")
+    dev = resolve_device(device)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every batch counts equally
+    model.to(dev).train()
+    try:
+        for i, (x, _) in enumerate(loader):
+            if i == batches:
+                break
+            model(_to_device(x, dev))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+    return model
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float,

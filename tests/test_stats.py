@@ -1,0 +1,103 @@
+"""Accuracy statistics against values computed independently of vggprune.stats (literature, by hand)."""
+
+from __future__ import annotations
+
+from math import comb
+
+import pytest
+from scipy.stats import binomtest
+
+from vggprune.stats import McNemar, accuracy, check_correct, mcnemar_exact, wilson_interval
+
+
+# Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison of seven
+# methods", Statistics in Medicine 17:857-872, Table II, method 3 (Wilson score, no continuity
+# correction), 95 %, to 4 decimals.
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (81, 263, 0.2553, 0.3662),
+    (15, 148, 0.0624, 0.1605),
+    (0, 20, 0.0, 0.1611),
+    (1, 29, 0.0061, 0.1718),
+])
+def test_wilson_matches_newcombe_1998(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
+
+
+def test_wilson_by_hand_at_one_half():
+    # k/n = 1/2, z = 1.959964: centre stays 0.5, half-width = z·sqrt(1/(4n) + z²/(4n²)) / (1 + z²/n).
+    # n = 4: sqrt(1/16 + 3.841459/64) = sqrt(0.122523) = 0.350033; ×1.959964 / 1.960365 = 0.349961.
+    lo, hi = wilson_interval(2, 4)
+    assert lo == pytest.approx(0.5 - 0.349961, abs=1e-6) and hi == pytest.approx(0.5 + 0.349961, abs=1e-6)
+
+
+@pytest.mark.parametrize(("k", "n", "confidence"), [(358, 360, 0.95), (5, 360, 0.95), (17, 40, 0.99),
+                                                    (360, 360, 0.95), (3, 7, 0.8)])
+def test_wilson_agrees_with_scipy(k, n, confidence):
+    ref = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    lo, hi = wilson_interval(k, n, confidence)
+    assert lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)
+
+
+def test_wilson_edges_are_exact_and_inside_unit_interval():
+    assert wilson_interval(0, 360)[0] == 0.0 and wilson_interval(360, 360)[1] == 1.0
+    lo, hi = wilson_interval(360, 360)
+    assert 0.98 < lo < 1.0  # 100 % on 360 images is not proof of perfection
+    assert wilson_interval(10, 100, 0.99)[0] < wilson_interval(10, 100, 0.95)[0]  # wider when more confident
+
+
+@pytest.mark.parametrize(("args", "match"), [((5, 0), "n > 0"), ((6, 5), "successes <= n"), ((-1, 5), "0 <="),
+                                             ((1.5, 5), "integers"), ((1, 5, 1.0), "confidence")])
+def test_wilson_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        wilson_interval(*args)
+
+
+def _pair(b: int, c: int, both: int = 0, neither: int = 0) -> tuple[str, str]:
+    """Baseline/candidate strings with b right→wrong, c wrong→right, and concordant images."""
+    base = "1" * b + "0" * c + "1" * both + "0" * neither
+    cand = "0" * b + "1" * c + "1" * both + "0" * neither
+    return base, cand
+
+
+@pytest.mark.parametrize(("b", "c", "p"), [
+    (2, 0, 2 * 1 / 4),  # the issue's "2 flips pass": P(X = 0 | 2, ½) doubled = 0.5
+    (12, 0, 2 / 2**12),  # "12 flips fail": 0.000488
+    (0, 5, 2 / 2**5),  # 0.0625, the smallest p that 5 discordant pairs can give: not significant
+    (2, 12, 2 * (comb(14, 0) + comb(14, 1) + comb(14, 2)) / 2**14),  # 212/16384 = 0.01294
+    (3, 3, 1.0),  # balanced: the doubled tail exceeds 1 and is capped
+    (0, 0, 1.0),  # no disagreement at all
+])
+def test_mcnemar_exact_by_hand(b, c, p):
+    result = mcnemar_exact(*_pair(b, c, both=300, neither=5))
+    assert (result.b, result.c, result.n, result.discordant) == (b, c, 305 + b + c, b + c)
+    assert result.p_value == pytest.approx(p, rel=1e-12)
+
+
+def test_mcnemar_only_discordant_pairs_matter_and_direction_is_kept():
+    few = mcnemar_exact(*_pair(1, 9, both=10))
+    many = mcnemar_exact(*_pair(1, 9, both=10_000, neither=500))
+    assert few.p_value == pytest.approx(many.p_value) == pytest.approx(2 * (1 + 10) / 1024)
+    flipped = mcnemar_exact(*reversed(_pair(1, 9)))
+    assert (flipped.b, flipped.c, flipped.p_value) == (9, 1, few.p_value)
+    assert few.difference == pytest.approx(8 / 20) and isinstance(few, McNemar)
+
+
+def test_mcnemar_interleaved_order():
+    # position by position: 1→1, 1→0, 0→1, 1→0, 0→0, 1→0  ⇒ b = 3, c = 1, p = 2·(1 + 4)/16 = 0.625
+    result = mcnemar_exact("110101", "101000")
+    assert (result.b, result.c, result.p_value) == (3, 1, pytest.approx(0.625))
+
+
+def test_mcnemar_refuses_unpaired_or_malformed_strings():
+    with pytest.raises(ValueError, match="not evaluated on the same test set"):
+        mcnemar_exact("0101", "010")
+    with pytest.raises(ValueError, match="only hold '0' and '1'"):
+        mcnemar_exact("01x1", "0101")
+    with pytest.raises(ValueError, match="non-empty"):
+        mcnemar_exact("", "")
+
+
+def test_accuracy_is_the_exact_mean():
+    assert accuracy("1101") == 0.75 and accuracy("1" * 358 + "00") == 358 / 360
+    assert check_correct("01") == "01"
