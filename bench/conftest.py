@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vggprune.harness import Harness, cpu_model, device_name, library_versions
+from vggprune.latency import steady_allocator
 
 HERE = Path(__file__).resolve().parent
 # The committed gate files; the library never locates them itself (--thresholds/--expected-params override).
@@ -51,6 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"cannot read {exc.filename or 'an input'}: {exc.strerror or exc}") from None
     config._vggprune_settings = settings
     torch.set_num_threads(settings.threads)  # fixed for the run, and recorded
+    config._vggprune_allocator = "glibc, mmap threshold pinned" if steady_allocator() else "default"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -93,6 +95,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "threads": torch.get_num_threads(),
         "profile": settings.profile.name,
         "cpu_model": cpu_model(),
+        "allocator": getattr(config, "_vggprune_allocator", "default"),
         "devices": {d: device_name(d) for d in settings.devices},
         "cuda": torch.version.cuda,
     }

@@ -36,12 +36,12 @@ def test_inference(benchmark, harness, case):
     assert runtime_failure is None, f"not timed: {runtime_failure}"
 
     base, forward = harness.forwards(case)
-    paired = harness.pairing(case, base)
+    paired = harness.pairing(case, base, forward)
     with CpuWatch() as watch:
         benchmark.pedantic(forward, setup=paired.setup, teardown=paired.teardown,
                            rounds=harness.profile.latency_rounds, warmup_rounds=harness.profile.latency_warmup)
     seconds = benchmark.stats.stats.data if benchmark.stats else []
-    # pedantic's warm-up calls also ran `forward`: keep only the timed rounds' GPU times.
+    # GPU times of the timed rounds only (warm-up and block refreshes ran `forward` untimed too).
     gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
     record = harness.record(case, seconds, paired.times(), gpu_ms, watch)
     benchmark.extra_info.update(record.to_extra_info())

@@ -12,6 +12,7 @@ from vggprune.latency import (
     make_batch,
     measure,
     prepare_for_inference,
+    steady_allocator,
     summarize,
     timed_callable,
 )
@@ -174,3 +175,29 @@ def test_prepare_for_inference_copies_into_the_layout():
     assert ready is not model and not ready.training and model.training
     assert ready[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model[0].weight.is_contiguous()
+
+
+def test_paired_rounds_refresh_the_models_at_each_later_block():
+    clock, events = Clock(), []
+    paired = PairedRounds(lambda: events.append("base"), warmup=2, seed=1, clock=clock, rounds=9,
+                          refresh=lambda: events.append("refresh"), blocks=3)
+    measure(lambda: events.append("case"), rounds=9, warmup=2, clock=clock, paired=paired)
+    # 2 warm-up rounds, then 3 blocks of 3 timed rounds: a refresh before the 2nd and 3rd block only
+    rounds, current = [], []
+    for e in events:
+        if e == "refresh":
+            rounds.append("refresh")
+            continue
+        current.append(e)
+        if len(current) == 2:
+            rounds.append("round")
+            current = []
+    assert rounds == ["round"] * 5 + ["refresh"] + ["round"] * 3 + ["refresh"] + ["round"] * 3
+    assert len(paired.times()) == 9
+
+
+def test_steady_allocator_pins_glibc_thresholds():
+    import ctypes.util
+
+    applied = steady_allocator()
+    assert applied == bool(ctypes.util.find_library("c"))

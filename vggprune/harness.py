@@ -220,10 +220,25 @@ class Harness:
             size = self.runner(prepared, runtime, device).size_bytes
         return round(size / 1e6, 4)
 
-    def pairing(self, case: Case, base_forward: TimedForward) -> PairedRounds:
+    def pairing(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> PairedRounds:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``; the shuffle is seeded
-        by the case id so a rerun draws the same order."""
-        return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=zlib.crc32(case.id.encode()))
+        by the case id so a rerun draws the same order. In eager, each block of rounds after the first
+        runs on fresh copies of both models (see PairedRounds); the earlier copies stay allocated until
+        the case is done, so the new ones land elsewhere in memory. Other runtimes keep one session."""
+        refresh = None
+        if case.runtime == DEFAULT_RUNTIME:
+            models = [self.base.model, self.base.model if case.model.is_base else self.prepared(case.model).model]
+            held: list[torch.nn.Module] = []
+
+            def refresh() -> None:
+                for forward, model in zip((base_forward, case_forward), models):
+                    forward.fn = prepare_for_inference(model, case.device, self.settings.memory_format)
+                    held.append(forward.fn)
+                    with torch.inference_mode():  # first call on new memory (page faults), untimed
+                        forward.fn(forward.batch)
+
+        return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=zlib.crc32(case.id.encode()),
+                            rounds=self.profile.latency_rounds, refresh=refresh)
 
     # gates -----------------------------------------------------------------------------------
     def num_classes(self, prepared: PreparedModel) -> int:

@@ -83,6 +83,39 @@ def timed_callable(fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> Ti
     return TimedForward(fn, batch)
 
 
+# Timed rounds are split into this many blocks, with fresh copies of both models before each block
+# (see PairedRounds). Measured on the quick model, conv 0.5, batch 64, 5 fresh processes each: with
+# one block the speed-up moved 1.86-1.98 between processes and 1 of 5 per-process CIs held the
+# 5-process median; with 3 blocks it moved 1.92-1.95 and 5 of 5 did.
+BLOCKS = 3
+
+
+def steady_allocator() -> bool:
+    """Make glibc keep freed activation buffers instead of returning them to the OS (True if applied).
+
+    glibc serves big allocations (a batch's activations) with mmap and unmaps them on free, so every
+    forward page-faults its activations in again, and its *dynamic* mmap threshold makes how often
+    that happens depend on the process's history. Measured on the quick model (conv 0.5, batch 64,
+    5 fresh processes each): the speed-up ranged 1.87-2.93 between processes by default, 1.68-1.84
+    with the threshold pinned, and the base ran 5.6-5.9 ms instead of 6.4-8.9 ms. A long-running
+    server's allocator reaches that steady state too. No-op where glibc's mallopt is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum; fixed, so never adjusted again
+    ok &= mallopt(m_trim_threshold, 512 * 1024 * 1024)
+    return bool(ok)
+
+
 class PairedRounds:
     """The base's half of paired timing, driven by ``benchmark.pedantic(case, setup=..., teardown=...)``.
 
@@ -91,15 +124,26 @@ class PairedRounds:
     alternation was measured to bias an A/A pair by 5–10 %, because what ran just before a call
     changes its cache and allocator state. ``times()`` returns the base's seconds for the timed
     rounds, in round order, the same length as the case's.
+
+    Where a model sits in memory changes its speed by several per cent for the whole life of a
+    process, which no number of rounds averages out. With ``refresh`` (a callable that swaps in
+    fresh copies of both models and runs them once), the timed rounds are split into ``blocks``
+    and each block after the first runs on new copies, so the rounds, and the CI built from them,
+    span several placements instead of one.
     """
 
     def __init__(self, base: Callable[[], Any], warmup: int, seed: int = 0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, rounds: int | None = None,
+                 refresh: Callable[[], None] | None = None, blocks: int = BLOCKS) -> None:
         self.base, self.warmup, self.clock = base, warmup, clock
         self.rng = random.Random(seed)
         self._round = -1
         self._base_first = True
         self._times: list[float] = []
+        self.refresh = refresh
+        per_block = -(-rounds // max(1, blocks)) if rounds else 0
+        # timed-round indices at which a new block starts (never the first: warm-up used those copies)
+        self._block_starts = {warmup + k * per_block for k in range(1, blocks)} if refresh and per_block else set()
 
     def _time_base(self) -> None:
         t0 = self.clock()
@@ -109,6 +153,8 @@ class PairedRounds:
 
     def setup(self) -> None:
         self._round += 1
+        if self._round in self._block_starts:
+            self.refresh()  # type: ignore[misc]
         self._base_first = self.rng.random() < 0.5
         if self._base_first:
             self._time_base()
