@@ -14,8 +14,8 @@ from tests.arith import expected_params
 
 REPO = Path(__file__).resolve().parent.parent
 # A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
-SMALL_RUN = ["--rates", "0,0.5", "--runtimes", "eager", "--scope", "fc",  # noqa: E501 "--batch-sizes", "1,4", "--latency-rounds", "3",
-             "--latency-warmup", "1", "--devices", "cpu", "--threads", "1", "-p", "no:cacheprovider"]
+SMALL_RUN = ["--rates", "0,0.5", "--runtimes", "eager", "--scope", "fc", "--batch-sizes", "1,4",
+             "--latency-rounds", "3", "--latency-warmup", "1", "--devices", "cpu", "--threads", "1", "-p", "no:cacheprovider"]
 CONTRACT = {"schema", "profile", "model", "method", "scope", "rate", "runtime", "device", "batch_size", "params",
             "macs", "accuracy", "accuracy_ci", "latency_p50_ms", "latency_q1_ms", "latency_q3_ms", "images_per_s",
             "base_times_s", "measured_speedup", "measured_speedup_ci", "other_cpu_cores", "contended"}
