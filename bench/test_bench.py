@@ -43,7 +43,7 @@ def test_inference(benchmark, harness, case):
     seconds = benchmark.stats.stats.data if benchmark.stats else []
     # GPU times of the timed rounds only (warm-up and block refreshes ran `forward` untimed too).
     gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
-    record = harness.record(case, seconds, paired.times(), gpu_ms, watch)
+    record = harness.record(case, seconds, paired.times(), gpu_ms, watch, paired.blocks)
     benchmark.extra_info.update(record.to_extra_info())
     if record.contended:
         warnings.warn(f"{case.id}: other processes used {record.other_cpu_cores:.2f} cores while it was timed; "

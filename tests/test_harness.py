@@ -15,7 +15,8 @@ from tests.arith import expected_params
 REPO = Path(__file__).resolve().parent.parent
 # A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
 SMALL_RUN = ["--rates", "0,0.5", "--runtimes", "eager", "--scope", "fc", "--batch-sizes", "1,4",
-             "--latency-rounds", "3", "--latency-warmup", "1", "--devices", "cpu", "--threads", "1", "-p", "no:cacheprovider"]
+             "--latency-rounds", "3", "--latency-warmup", "1", "--devices", "cpu", "--threads", "1",
+             "-p", "no:cacheprovider"]
 CONTRACT = {"schema", "profile", "model", "method", "scope", "rate", "runtime", "device", "batch_size", "params",
             "macs", "accuracy", "accuracy_ci", "latency_p50_ms", "latency_q1_ms", "latency_q3_ms", "images_per_s",
             "base_times_s", "measured_speedup", "measured_speedup_ci", "other_cpu_cores", "contended"}
@@ -203,10 +204,10 @@ def test_cuda_cases_synchronize_inside_every_timed_call_and_record_gpu_time(benc
     # 1 warm-up + 3 timed rounds, each timing the case and its paired base (its A/A twin here):
     # start event, forward, end event, synchronize — sync last in every timed call.
     log = json.loads((tmp_path / "log.json").read_text())
-    # Fresh copies start each later block of rounds (3 rounds: 2 refreshes x base and case), each run
-    # once untimed outside any event; what remains is the timed calls, sync last in every one.
+    # Fresh copies start each block of rounds (3 rounds: 3 blocks x base and case), each run once
+    # untimed outside any event; what remains is the timed calls, sync last in every one.
     untimed = [i for i, entry in enumerate(log) if entry == "forward" and (i == 0 or log[i - 1] != "record")]
-    assert len(untimed) == 4
+    assert len(untimed) == 6 and info["blocks"] == 3
     timed = [entry for i, entry in enumerate(log) if i not in untimed]
     assert timed == ["record", "forward", "record", "synchronize"] * 8
     assert len(info["base_times_s"]) == 3

@@ -16,6 +16,7 @@ from vggprune.latency import (
     summarize,
     timed_callable,
 )
+from vggprune.stats import block_ids
 
 
 class Spies:
@@ -177,12 +178,12 @@ def test_prepare_for_inference_copies_into_the_layout():
     assert model[0].weight.is_contiguous()
 
 
-def test_paired_rounds_refresh_the_models_at_each_later_block():
+def test_paired_rounds_run_each_block_on_fresh_models():
     clock, events = Clock(), []
     paired = PairedRounds(lambda: events.append("base"), warmup=2, seed=1, clock=clock, rounds=9,
                           refresh=lambda: events.append("refresh"), blocks=3)
     measure(lambda: events.append("case"), rounds=9, warmup=2, clock=clock, paired=paired)
-    # 2 warm-up rounds, then 3 blocks of 3 timed rounds: a refresh before the 2nd and 3rd block only
+    # 2 warm-up rounds, then 3 blocks of 3 timed rounds, each block on fresh copies
     rounds, current = [], []
     for e in events:
         if e == "refresh":
@@ -192,8 +193,13 @@ def test_paired_rounds_refresh_the_models_at_each_later_block():
         if len(current) == 2:
             rounds.append("round")
             current = []
-    assert rounds == ["round"] * 5 + ["refresh"] + ["round"] * 3 + ["refresh"] + ["round"] * 3
-    assert len(paired.times()) == 9
+    assert rounds == ["round"] * 2 + (["refresh"] + ["round"] * 3) * 3
+    assert len(paired.times()) == 9 and paired.blocks == 3
+    # the blocks are the contiguous chunks the statistics split the rounds into
+    assert block_ids(9, paired.blocks).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    short = PairedRounds(lambda: None, warmup=0, rounds=7, refresh=lambda: None, blocks=5)
+    assert short.blocks == 4 and block_ids(7, short.blocks).tolist() == [0, 0, 1, 1, 2, 2, 3]
+    assert PairedRounds(lambda: None, warmup=0, rounds=7).blocks == 1  # no refresh: one block
 
 
 def test_steady_allocator_pins_glibc_thresholds():

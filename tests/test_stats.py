@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from math import comb
 
+import numpy as np
 import pytest
 from scipy.stats import binomtest
 
@@ -101,3 +102,42 @@ def test_mcnemar_refuses_unpaired_or_malformed_strings():
 def test_accuracy_is_the_exact_mean():
     assert accuracy("1101") == 0.75 and accuracy("1" * 358 + "00") == 358 / 360
     assert check_correct("01") == "01"
+
+
+# ---------------------------------------------------------------- timing
+
+def test_a_constant_shift_is_measured_exactly_and_significant():
+    from vggprune.stats import change_test
+
+    rng = np.random.default_rng(3)
+    before = rng.normal(0.0, 0.02, 30)
+    after = before - 0.3  # every round 26 % slower in speed-up (log scale)
+    test = change_test(before, after, 5, 5)
+    assert test.shift == pytest.approx(-0.3, abs=1e-12)
+    assert test.low < -0.3 < test.high and test.high < -0.2 and test.p_value < 1e-6
+    same = change_test(before, before, 5, 5)
+    assert same.shift == 0 and same.p_value == 1.0
+
+
+def test_blocks_that_disagree_widen_the_standard_error():
+    from vggprune.stats import median_and_se
+
+    rng = np.random.default_rng(4)
+    offsets = np.repeat([0.0, 0.05, 0.10, 0.15, 0.20], 6)  # each block of 6 rounds on its own placement
+    values = offsets + rng.normal(0, 0.005, 30)
+    _, iid = median_and_se(values, blocks=1)
+    _, clustered = median_and_se(values, blocks=5)
+    assert clustered > 1.5 * iid
+
+
+def test_speedup_ci_contains_the_median_and_covers_blocks():
+    from vggprune.stats import paired_speedup
+
+    base = np.full(30, 0.010)
+    case = 0.005 * np.exp(np.repeat([0.0, 0.04, -0.04, 0.08, -0.08], 6))
+    point, (low, high) = paired_speedup(base, case, blocks=5)
+    ratios = base / case
+    assert point == pytest.approx(np.median(ratios))
+    assert low <= point <= high
+    # the interval spans at least the middle blocks' speed-ups, not just the median block's rounds
+    assert low < 2 * np.exp(-0.04) + 1e-9 and high > 2 * np.exp(0.04) - 1e-9

@@ -8,8 +8,11 @@ confidence interval must lie beyond the tolerance):
 - top-1: McNemar's exact test on the per-image correctness of the same test images; when the two runs
   were evaluated on different test sets, their Wilson intervals (must not overlap) instead;
 - latency: by default the speed-up against each run's own base, from the per-round log-ratios of the
-  paired rounds (Mann–Whitney U + Hodges–Lehmann shift with its CI), which holds across processes and
-  sessions; ``absolute`` compares the case's own rounds, and only between runs of one machine.
+  paired rounds: a Welch-style test of the two medians, each with its standard error from a two-stage
+  bootstrap over the run's blocks of rounds (each block ran on fresh copies of the models, so what
+  varies between memory placements, and so between processes, counts as noise), which holds across
+  processes and sessions; ``absolute`` compares the case's own rounds, and only between runs of one
+  machine.
 
 Runs from different machines (CPU model, GPU, threads) cannot be judged on latency, and trained
 weights that differ on a different CPU type explain accuracy differences by themselves: such verdicts
@@ -29,7 +32,7 @@ from tabulate import tabulate
 from vggprune.errors import UserError
 from vggprune.report import row_order
 from vggprune.results import CaseRecord, Run, load_run
-from vggprune.stats import log_ratios, mcnemar_exact, shift_test
+from vggprune.stats import change_test, log_ratios, mcnemar_exact
 
 REGRESSED, IMPROVED, WITHIN_NOISE, NO_CHANGE, NOT_COMPARED = (
     "regressed", "improved", "within noise", "no change", "not compared")
@@ -195,7 +198,7 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
         before, after = -np.log(b.times_s), -np.log(c.times_s)
         what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
         advisory = False
-    test = shift_test(before, after)
+    test = change_test(before, after, b.blocks, c.blocks)
     threshold = math.log1p(tol.latency_tolerance)
     verdict = _classify(test.p_value < tol.alpha, test.low, test.high, threshold)
     change, low, high = (math.expm1(v) for v in (test.shift, test.low, test.high))

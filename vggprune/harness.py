@@ -158,13 +158,16 @@ class Harness:
         slot = f"{runtime}/{device}{copy}"
         if slot not in prepared.runners:
             example = make_batch(1, self.profile.image_size, "cpu")
-            # compile ships the eager checkpoint, already in the cache: no second copy of it
-            keep = self.pipeline.cache.enabled and runtime != "compile"
-            artifacts = self.pipeline.cache.root / "exports" / prepared.key.cache_name(
-                self.profile.name, self.profile.model) if keep else None
             prepared.runners[slot] = get_runtime(runtime).prepare(prepared.model, device,
-                                                                  self.settings.memory_format, example, artifacts)
+                                                                  self.settings.memory_format, example,
+                                                                  self._artifacts(prepared, runtime))
         return prepared.runners[slot]
+
+    def _artifacts(self, prepared: PreparedModel, runtime: str):
+        # compile ships the eager checkpoint, already in the cache: no second copy of it
+        if not self.pipeline.cache.enabled or runtime == "compile":
+            return None
+        return self.pipeline.cache.root / "exports" / prepared.key.cache_name(self.profile.name, self.profile.model)
 
     def verify_runtime(self, prepared: PreparedModel, runtime: str, device: str):
         """The runtime's outputs against eager PyTorch on the test split (a fixed random batch without
@@ -222,21 +225,30 @@ class Harness:
 
     def pairing(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> PairedRounds:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``; the shuffle is seeded
-        by the case id so a rerun draws the same order. In eager, each block of rounds after the first
-        runs on fresh copies of both models (see PairedRounds); the earlier copies stay allocated until
-        the case is done, so the new ones land elsewhere in memory. Other runtimes keep one session."""
-        refresh = None
-        if case.runtime == DEFAULT_RUNTIME:
-            models = [self.base.model, self.base.model if case.model.is_base else self.prepared(case.model).model]
-            held: list[torch.nn.Module] = []
+        by the case id so a rerun draws the same order. Each block of rounds runs on fresh copies of
+        both models (new sessions in ONNX Runtime and OpenVINO; see PairedRounds); the earlier copies
+        stay allocated until the case is done, so the new ones land elsewhere in memory."""
+        models = [self.base, self.base if case.model.is_base else self.prepared(case.model)]
+        held: list[object] = []
 
-            def refresh() -> None:
-                for forward, model in zip((base_forward, case_forward), models):
-                    forward.fn = prepare_for_inference(model, case.device, self.settings.memory_format)
-                    held.append(forward.fn)
-                    with torch.inference_mode():  # first call on new memory (page faults), untimed
-                        forward.fn(forward.batch)
+        def fresh(prepared: PreparedModel):
+            if case.runtime == DEFAULT_RUNTIME:
+                return prepare_for_inference(prepared.model, case.device, self.settings.memory_format)
+            from vggprune.runtimes import get_runtime  # a new session on the already exported files
 
+            return get_runtime(case.runtime).prepare(prepared.model, case.device, self.settings.memory_format,
+                                                     make_batch(1, self.profile.image_size, "cpu"),
+                                                     self._artifacts(prepared, case.runtime))
+
+        def refresh() -> None:
+            for forward, prepared in zip((base_forward, case_forward), models):
+                forward.fn = fresh(prepared)
+                held.append(forward.fn)
+                with torch.inference_mode():  # first call on new memory (page faults), untimed
+                    forward.fn(forward.batch)
+
+        if case.runtime == "compile":
+            refresh = None  # a fresh copy would mean compiling again per block
         return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=zlib.crc32(case.id.encode()),
                             rounds=self.profile.latency_rounds, refresh=refresh)
 
@@ -274,7 +286,7 @@ class Harness:
         return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": diff}
 
     def record(self, case: Case, seconds: list[float], base_seconds: list[float], gpu_ms: list[float],
-               watch: CpuWatch | None) -> CaseRecord:
+               watch: CpuWatch | None, blocks: int = 1) -> CaseRecord:
         """The case's typed record: identity, model facts, accuracy evidence, latency and quietness."""
         prepared, base = self.prepared(case.model), self.base
         key = case.model
@@ -301,7 +313,7 @@ class Harness:
             other_cpu_cores=watch.other_cores if watch else None,
             loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
             times_s=list(seconds),
-            **summarize(seconds, case.batch_size, base_seconds, gpu_ms),
+            **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks),
         )
         self.timed.append(record)
         return record

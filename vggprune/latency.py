@@ -83,11 +83,11 @@ def timed_callable(fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> Ti
     return TimedForward(fn, batch)
 
 
-# Timed rounds are split into this many blocks, with fresh copies of both models before each block
-# (see PairedRounds). Measured on the quick model, conv 0.5, batch 64, 5 fresh processes each: with
-# one block the speed-up moved 1.86-1.98 between processes and 1 of 5 per-process CIs held the
-# 5-process median; with 3 blocks it moved 1.92-1.95 and 5 of 5 did.
-BLOCKS = 3
+# Timed rounds are split into this many blocks, each on fresh copies of both models (see PairedRounds).
+# Measured on the quick model, conv 0.5, batch 64, 5 fresh processes each: with one block the speed-up
+# moved 1.86-1.98 between processes and 1 of 5 per-process CIs held the 5-process median; with fresh
+# copies per block it moved 1.92-1.95 and 5 of 5 did. The CI accounts for blocks that disagree.
+BLOCKS = 5
 
 
 def steady_allocator() -> bool:
@@ -142,8 +142,11 @@ class PairedRounds:
         self._times: list[float] = []
         self.refresh = refresh
         per_block = -(-rounds // max(1, blocks)) if rounds else 0
-        # timed-round indices at which a new block starts (never the first: warm-up used those copies)
-        self._block_starts = {warmup + k * per_block for k in range(1, blocks)} if refresh and per_block else set()
+        # round indices (warm-up included) at which a block starts on fresh copies, the first one too:
+        # the copies the warm-up ran on are shared by every case of the run
+        starts = [warmup + k * per_block for k in range(blocks) if k * per_block < (rounds or 0)]
+        self._block_starts = set(starts) if refresh and per_block else set()
+        self.blocks = len(self._block_starts) or 1  # contiguous chunks, as vggprune.stats.block_ids splits them
 
     def _time_base(self) -> None:
         t0 = self.clock()
@@ -239,12 +242,12 @@ class CpuWatch:
 # ---------------------------------------------------------------- summaries
 
 def summarize(seconds: list[float], batch_size: int, base_seconds: list[float] | None = None,
-              gpu_ms: list[float] | None = None) -> dict:
+              gpu_ms: list[float] | None = None, blocks: int = 1) -> dict:
     """The latency fields of a case record: quartiles in ms, noise (IQR/median), images/s at the
     median, and with the paired base rounds the speed-up and its 95 % CI."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     if ms.size == 0:
-        return {"rounds": 0, "latency_p50_ms": None, "latency_q1_ms": None, "latency_q3_ms": None,
+        return {"rounds": 0, "blocks": blocks, "latency_p50_ms": None, "latency_q1_ms": None, "latency_q3_ms": None,
                 "latency_mean_ms": None, "latency_noise": None, "images_per_s": None, "noisy": False,
                 "gpu_time_p50_ms": None, "base_latency_p50_ms": None, "measured_speedup": None,
                 "measured_speedup_ci": None}
@@ -255,11 +258,11 @@ def summarize(seconds: list[float], batch_size: int, base_seconds: list[float] |
         "latency_q3_ms": round(q3, 4), "latency_mean_ms": round(float(ms.mean()), 4),
         "latency_noise": round(noise, 4), "images_per_s": round(batch_size / (p50 / 1e3), 2),
         "noisy": bool(noise > NOISY),
-        "gpu_time_p50_ms": round(float(np.median(gpu_ms)), 4) if gpu_ms else None,
+        "gpu_time_p50_ms": round(float(np.median(gpu_ms)), 4) if gpu_ms else None, "blocks": blocks,
         "base_latency_p50_ms": None, "measured_speedup": None, "measured_speedup_ci": None,
     }
     if base_seconds:
-        speedup, (low, high) = paired_speedup(base_seconds, seconds)
+        speedup, (low, high) = paired_speedup(base_seconds, seconds, blocks)
         out.update(base_latency_p50_ms=round(float(np.median(base_seconds)) * 1e3, 4),
                    measured_speedup=round(speedup, 4), measured_speedup_ci=[round(low, 4), round(high, 4)])
     return out
