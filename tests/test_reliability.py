@@ -368,7 +368,7 @@ def test_imagefolder_with_a_small_model_runs_the_harness_end_to_end(bench_copy, 
         "bench", "--profile", "imagefolder", f"--data-root={folder}", "--model", "small", "--image-size", "32",
         "--epochs", "1", "--finetune-epochs", "0", "--rates", "0,0.5", "--methods", "by-hand", "--scopes", "fc",
         "--batch-sizes", "2", "--latency-rounds", "2", "--latency-warmup", "0", "--devices", "cpu",
-        "--threads", "1", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs")
+        "--threads", "1", "--runtimes", "eager", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs")
     # no committed thresholds for imagefolder: accuracy is measured, the gate skips saying so
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*no accuracy threshold for profile 'imagefolder'*"])

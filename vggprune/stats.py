@@ -163,7 +163,8 @@ def paired_speedup(base_times: Sequence[float], case_times: Sequence[float], blo
         centre, se = median_and_se(logs, blocks)
         z = norm.ppf(1 - (1 - confidence) / 2)
         low, high = min(low, centre - z * se), max(high, centre + z * se)
-    return float(np.exp(np.median(logs))), (float(np.exp(low)), float(np.exp(high)))
+    point = float(np.median(np.exp(logs)))  # the median ratio (for even n: the mean of the middle two)
+    return point, (min(point, float(np.exp(low))), max(point, float(np.exp(high))))
 
 
 @dataclass(frozen=True)
