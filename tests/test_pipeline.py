@@ -100,7 +100,7 @@ def test_an_entry_without_per_image_results_is_rebuilt_not_trusted(warm_cache, t
     key = pipe.case_key("by-hand", "conv", 0.3)
     assert key["base"]["cache_layout"] == CACHE_LAYOUT  # entries from an older layout are another file
     old_style = {"top1": 0.5, "top5": 1.0, "epochs": 1}  # what a layout-1 entry held
-    pipe.cache.store(key, "quick-small-by-hand-conv-l2-r0.3", case.model, old_style)
+    pipe.cache.store(key, pipe._case_label("by-hand", "conv", 0.3, "l2"), case.model, old_style)
     with pytest.warns(CacheWarning, match="lacks valid per-image results"):
         rebuilt = pipe.case("by-hand", "conv", 0.3)
     assert not rebuilt.from_cache and len(rebuilt.correct) == 360 and rebuilt.correct_before_finetune

@@ -34,6 +34,7 @@ from vggprune.data import (
     load_data,
 )
 from vggprune.errors import UserError
+from vggprune.identity import BASE, ModelKey
 from vggprune.models import VGG11, VGGSpec, spec_for
 from vggprune.profiles import Profile
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
@@ -154,7 +155,7 @@ class Pipeline:
         rate = self._check_case(method, scope, rate, criterion, round_to)
         if rate == 0.0:
             return self.base()
-        label = self._case_label(method, scope, rate, criterion)
+        label = self._case_label(method, scope, rate, criterion, round_to)
         if self.data_missing_reason:
             base = self._base_result()
             t0 = time.perf_counter()
@@ -184,7 +185,7 @@ class Pipeline:
             key, label = self.base_key(), self._base_label()
         else:
             key = self.case_key(method, scope, rate, criterion, round_to)
-            label = self._case_label(method, scope, rate, criterion)
+            label = self._case_label(method, scope, rate, criterion, round_to)
         return self._from_cache(key, label, time.perf_counter())
 
     def evaluate(self, model: VGG11, split: str = "test") -> tuple[float, float]:
@@ -250,10 +251,10 @@ class Pipeline:
                      seed=self.profile.seed).eval()
 
     def _base_label(self) -> str:
-        return f"{self.profile.name}-{self.profile.model}-base"
+        return BASE.cache_name(self.profile.name, self.profile.model)
 
-    def _case_label(self, method: str, scope: str, rate: float, criterion: str) -> str:
-        return f"{self.profile.name}-{self.profile.model}-{method}-{scope}-{criterion}-r{rate:g}"
+    def _case_label(self, method: str, scope: str, rate: float, criterion: str, round_to: int = 1) -> str:
+        return ModelKey(method, scope, rate, criterion, round_to).cache_name(self.profile.name, self.profile.model)
 
     def _init_info(self) -> dict[str, Any]:
         init = self.init_source()

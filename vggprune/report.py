@@ -25,15 +25,14 @@ from tabulate import tabulate
 
 from vggprune.atomic import write_atomic
 from vggprune.errors import UserError
-from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS
-from vggprune.identity import Case as CaseId
+from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS, Case
 from vggprune.results import CaseRecord, Run, load_run, load_runs
 
 FORMATS = ("github", "plain", "csv", "json")
 # The evidence fields stay in the run's JSON; report rows carry summaries only.
 _EVIDENCE = ("times_s", "base_times_s", "correct")
 
-Case = dict[str, Any]  # a record as a dict, tagged with device_label, node and source
+Tagged = dict[str, Any]  # a record as a dict (no evidence strings), tagged with device_label, node and source
 Row = dict[str, Any]
 
 __all__ = ["FORMATS", "KEY_FIELDS", "Run", "load_run", "load_runs", "load_rows", "build_rows", "merge_runs"]
@@ -43,12 +42,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def case_key(case: Case) -> tuple:
+def case_key(case: Tagged) -> tuple:
     """The identity of a case (see vggprune.identity)."""
-    return CaseId.from_fields(case).key()
+    return Case.from_fields(case).key()
 
 
-def _as_case(record: CaseRecord) -> Case:
+def _as_case(record: CaseRecord) -> Tagged:
     data = asdict(record)
     for name in _EVIDENCE:
         data.pop(name)
@@ -81,14 +80,14 @@ def _device_labels(runs: Sequence[Run]) -> dict[tuple[str, str, str], str]:
     return labels
 
 
-def merge_runs(runs: Sequence[Run]) -> list[Case]:
+def merge_runs(runs: Sequence[Run]) -> list[Tagged]:
     """All cases of all runs, each tagged with ``device_label``, ``node`` and ``source``.
 
     The same case (same identity, same device of the same machine) in two files is ambiguous and
     an error rather than a silent pick of one of them.
     """
     labels = _device_labels(runs)
-    merged: dict[tuple, Case] = {}
+    merged: dict[tuple, Tagged] = {}
     for run in runs:
         for record in run.cases:
             label = labels[(record.device, str(record.device_name), run.node)]
@@ -126,7 +125,7 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if _is_number(num) and _is_number(den) and den > 0 else None
 
 
-def cpu_partners(cases: Sequence[Case]) -> dict[str, str]:
+def cpu_partners(cases: Sequence[Tagged]) -> dict[str, str]:
     """Accelerator label → the CPU label it is compared with: the same machine's CPU, else the only CPU."""
     cpus = {c["device_label"]: c["node"] for c in cases if c["device"] == "cpu"}
     partners = {}
@@ -147,7 +146,7 @@ def _overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool | Non
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def accuracy_vs_base(case: Case, base: Case | None) -> str | None:
+def accuracy_vs_base(case: Tagged, base: Tagged | None) -> str | None:
     """``n.s.`` when the case's 95 % interval overlaps the base's (too few images to tell them apart),
     else ``lower`` / ``higher``; None for the base itself or without intervals."""
     if base is None or case["method"] == BASE_METHOD:
@@ -160,7 +159,7 @@ def accuracy_vs_base(case: Case, base: Case | None) -> str | None:
     return "lower" if case["accuracy"] < base["accuracy"] else "higher"
 
 
-def build_rows(cases: Sequence[Case]) -> list[Row]:
+def build_rows(cases: Sequence[Tagged]) -> list[Row]:
     """One tidy row per case: its record's summaries plus what needs another case to compute.
 
     ``measured_speedup`` and its CI come from the case's own paired rounds (recorded by the harness);
@@ -172,10 +171,10 @@ def build_rows(cases: Sequence[Case]) -> list[Row]:
     by_key = {(*case_key(c), c["device_label"]): c for c in cases}
     partners = cpu_partners(cases)
 
-    def same_but(c: Case, **changes) -> Case | None:
+    def same_but(c: Tagged, **changes) -> Tagged | None:
         ident = dict(zip(KEY_FIELDS, case_key(c)))
         ident.update(changes)
-        return by_key.get((*CaseId.from_fields(ident).key(), c["device_label"]))
+        return by_key.get((*Case.from_fields(ident).key(), c["device_label"]))
 
     rows = []
     for c in cases:
