@@ -66,16 +66,29 @@ def library_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "torch_pruning": tp_version}
 
 
+# The widest vector extension decides which kernels oneDNN/MKL run, hence speed and trained weights.
+_ISA_LEVELS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"),
+               ("asimd", "NEON"))
+
+
 def cpu_model() -> str:
-    """The CPU's marketing name (e.g. 'AMD EPYC 7B13'), which says more than 'x86_64' about its kernels."""
+    """The CPU's name and widest vector ISA, e.g. 'AMD EPYC [AVX512-BF16]': VMs often report only a
+    family name, and two CPUs of one family with different ISAs run different kernels."""
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if not name and key in ("model name", "hardware", "cpu model"):
+                    name = value.strip()
+                elif not flags and key in ("flags", "features"):
+                    flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    isa = next((label for flag, label in _ISA_LEVELS if flag in flags), None)
+    return f"{name} [{isa}]" if isa else name
 
 
 def device_name(device: str) -> str:
