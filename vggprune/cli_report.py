@@ -55,7 +55,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("compare", help="compare a candidate run with a baseline; exit 1 on a regression",
                        description="Verdicts from each run's raw evidence: exact params/MACs; top-1 by McNemar's "
-                                   "exact test on per-image correctness; speed-up by a Mann-Whitney test on the "
+                                   "exact test on per-image correctness; speed-up by a test of the medians of the "
                                    "paired rounds. A case regresses only when the change is significant and its "
                                    "whole 95 %% CI lies beyond the tolerance. Exit 0: no regression; 1: a "
                                    "regression; 2: bad input.")
