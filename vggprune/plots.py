@@ -125,9 +125,23 @@ def plot_accuracy(rows: Sequence[Row], title: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _latency_axes(fig: Figure, batch_sizes: Sequence[int]):
-    axes = fig.subplots(1, len(batch_sizes), squeeze=False)[0]
-    return dict(zip(batch_sizes, axes))
+def _batch_panels(rows: Sequence[Row]) -> tuple[Figure, dict]:
+    """A figure with one panel per batch size in ``rows``, side by side: {batch size: axes}."""
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
+    return fig, dict(zip(batch_sizes, fig.subplots(1, len(batch_sizes), squeeze=False)[0]))
+
+
+def _finish_panels(fig: Figure, title: str, path: Path, handles: list | None = None, ax=None) -> Path:
+    """One legend to the right (``handles``, else the last panel's), the title, then the PNG."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    else:
+        fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
 
 
 def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
@@ -137,9 +151,8 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
     if not drows:
         return None
     looks = _looks(rows)
-    batch_sizes = sorted({r["batch_size"] for r in drows})
-    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
-    for bs, ax in _latency_axes(fig, batch_sizes).items():
+    fig, panels = _batch_panels(drows)
+    for bs, ax in panels.items():
         brows = [r for r in drows if r["batch_size"] == bs]
         base = [r for r in brows if r["method"] == BASE_METHOD][:1]
         for name, rs in _series(brows).items():
@@ -157,11 +170,7 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
         ax.set_ylabel("latency per batch, p50 (ms); bar: IQR")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    fig.suptitle(f"Inference time vs size on {device} — {title}", fontsize=11)
-    fig.set_layout_engine("constrained")
-    return _save(fig, path)
+    return _finish_panels(fig, f"Inference time vs size on {device} — {title}", path, ax=ax)
 
 
 def plot_speedup(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
@@ -171,9 +180,8 @@ def plot_speedup(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
     if not drows:
         return None
     looks = _looks(rows)
-    batch_sizes = sorted({r["batch_size"] for r in drows})
-    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
-    for bs, ax in _latency_axes(fig, batch_sizes).items():
+    fig, panels = _batch_panels(drows)
+    for bs, ax in panels.items():
         brows = [r for r in drows if r["batch_size"] == bs]
         top = max(max(r["theoretical_speedup"] for r in brows), max((r["measured_speedup_ci"] or [0, 0])[1]
                                                                     for r in brows))
@@ -196,11 +204,7 @@ def plot_speedup(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
         ax.set_xlabel("theoretical speed-up (base MACs / case MACs)")
         ax.set_ylabel("measured speed-up, paired rounds (95 % CI)")
         ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    fig.suptitle(f"What pruning buys on {device} — {title}", fontsize=11)
-    fig.set_layout_engine("constrained")
-    return _save(fig, path)
+    return _finish_panels(fig, f"What pruning buys on {device} — {title}", path, ax=ax)
 
 
 def _plain_log_labels(ax) -> None:
@@ -226,9 +230,8 @@ def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> 
         return None
     cpu = arows[0]["vs_cpu_device"]
     looks = _looks(rows)
-    batch_sizes = sorted({r["batch_size"] for r in arows})
-    fig = Figure(figsize=(5.2 * len(batch_sizes) + 1.5, 4.6))
-    for bs, ax in _latency_axes(fig, batch_sizes).items():
+    fig, panels = _batch_panels(arows)
+    for bs, ax in panels.items():
         for device, style in ((cpu, "-"), (accel, "--")):
             brows = [r for r in rows if r["device_label"] == device and r["batch_size"] == bs
                      and r["latency_p50_ms"] is not None]
@@ -251,10 +254,7 @@ def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> 
     handles += [Line2D([], [], color="black", marker="*", markersize=12, linestyle="none", label="base (unpruned)"),
                 Line2D([], [], color="gray", linestyle="-", label=f"on {cpu}"),
                 Line2D([], [], color="gray", linestyle="--", label=f"on {accel}")]
-    fig.legend(handles=handles, loc="outside right center", fontsize=8)
-    fig.suptitle(f"{accel} vs {cpu} latency — {title}", fontsize=11)
-    fig.set_layout_engine("constrained")
-    return _save(fig, path)
+    return _finish_panels(fig, f"{accel} vs {cpu} latency — {title}", path, handles=handles)
 
 
 def write_plots(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
