@@ -22,7 +22,7 @@ from vggprune.identity import BASE, DEFAULT_RUNTIME, Case, ModelKey
 from vggprune.latency import CpuWatch, PairedRounds, TimedForward, make_batch, prepare_for_inference, summarize
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
-from vggprune.stats import wilson_interval
+from vggprune.stats import correct_interval
 
 
 @dataclass
@@ -98,10 +98,8 @@ def device_name(device: str) -> str:
 
 
 def _ci(correct: str | None) -> list[float] | None:
-    if not correct:
-        return None
-    low, high = wilson_interval(correct.count("1"), len(correct))
-    return [round(low, 6), round(high, 6)]
+    interval = correct_interval(correct)
+    return None if interval is None else [round(interval[0], 6), round(interval[1], 6)]
 
 
 class Harness:
@@ -129,9 +127,8 @@ class Harness:
         model = res.model.eval()
         params, macs = count_params_macs(model, self.profile.image_size)
         return PreparedModel(key, model, params, macs, res.top1, res.top5, res.reason,
-                             correct=getattr(res, "correct", None),
-                             top1_before_finetune=getattr(res, "top1_before_finetune", None),
-                             correct_before_finetune=getattr(res, "correct_before_finetune", None))
+                             correct=res.correct, top1_before_finetune=res.top1_before_finetune,
+                             correct_before_finetune=res.correct_before_finetune)
 
     @property
     def base(self) -> PreparedModel:

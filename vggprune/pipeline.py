@@ -39,7 +39,7 @@ from vggprune.models import VGG11, VGGSpec, spec_for
 from vggprune.profiles import Profile
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
 from vggprune.pruning.plan import check_choice, check_round_to
-from vggprune.stats import accuracy, check_correct, wilson_interval
+from vggprune.stats import accuracy, check_correct, correct_interval
 from vggprune.train import Evaluation, evaluate_images, fit, resolve_device
 from vggprune.weights import InitSource, build_initial_model, resolve_init, resolve_weights_path
 
@@ -82,15 +82,11 @@ class CaseResult:
     @property
     def top1_ci(self) -> tuple[float, float] | None:
         """95 % Wilson interval of ``top1``."""
-        return _wilson(self.correct)
+        return correct_interval(self.correct)
 
     @property
     def top1_before_finetune_ci(self) -> tuple[float, float] | None:
-        return _wilson(self.correct_before_finetune)
-
-
-def _wilson(correct: str | None) -> tuple[float, float] | None:
-    return None if correct is None else wilson_interval(correct.count("1"), len(correct))
+        return correct_interval(self.correct_before_finetune)
 
 
 class Pipeline:

@@ -65,6 +65,11 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
+def correct_interval(correct: str | None, confidence: float = 0.95) -> tuple[float, float] | None:
+    """The Wilson interval of a per-image correctness string's top-1; None when there is none."""
+    return None if not correct else wilson_interval(correct.count("1"), len(correct), confidence)
+
+
 @dataclass(frozen=True)
 class McNemar:
     """McNemar's exact test on paired per-image correctness (baseline vs candidate).
