@@ -9,7 +9,6 @@ cases model-major.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import zlib
 from dataclasses import dataclass, field
@@ -46,11 +45,9 @@ class PreparedModel:
     def weights_sha256(self) -> str:
         """Of the trained state_dict, so compare can tell 'same weights' from 'retrained differently'."""
         if self._sha is None:
-            h = hashlib.sha256()
-            for name, tensor in self.model.state_dict().items():
-                h.update(name.encode())
-                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._sha = h.hexdigest()[:16]
+            from vggprune.runtimes_base import model_fingerprint
+
+            self._sha = model_fingerprint(self.model)[:16]
         return self._sha
 
 

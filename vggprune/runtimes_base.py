@@ -118,8 +118,9 @@ META = "meta.json"
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer (names, shapes, bytes): cached files belong to these weights."""
-    h = hashlib.blake2b(digest_size=16)
+    """SHA-256 of every parameter and buffer (names, shapes, bytes): cached exports belong to these
+    weights, and the harness records it (first 16 hex digits) as the case's ``weights_sha256``."""
+    h = hashlib.sha256()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)  # 1-d: 0-d tensors cannot be viewed as bytes
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
