@@ -41,6 +41,17 @@ def run_compare(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def run_calibration(args: argparse.Namespace) -> int:
+    from vggprune.calibration import coverage, render, total_coverage
+    from vggprune.choices import SCOPES, check_choice
+    from vggprune.results import load_runs
+
+    scopes = [check_choice("scope", s.strip(), SCOPES) for s in args.scopes.split(",") if s.strip()]
+    cases = coverage(load_runs(args.runs), scopes, args.batch_size)
+    sys.stdout.write(render(cases))
+    return 1 if args.min_coverage is not None and total_coverage(cases) < args.min_coverage else 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("report", help="summary tables, CSV/JSON and PNG plots from --benchmark-json runs",
                        description="Build the report from pytest-benchmark JSON alone. Several runs (e.g. a "
@@ -78,3 +89,14 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("github", "plain", "json"), default="github",
                    help="output format (default github)")
     p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("calibration", help="how often each run's speed-up CI holds the median of same-code runs",
+                       description="Coverage check of the speed-up intervals: run the same code several times "
+                                   "on a quiet machine, then give every run's JSON. A case counts as covered in a "
+                                   "run when that run's 95 %% CI contains the median speed-up over all runs.")
+    p.add_argument("runs", nargs="+", metavar="RUN.json", help="three or more --benchmark-json files of one code")
+    p.add_argument("--scopes", default="conv,all", help="scopes to count (default conv,all)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size to count (default: the largest)")
+    p.add_argument("--min-coverage", type=float, default=None,
+                   help="exit 1 when the coverage is below this fraction (default: only report it)")
+    p.set_defaults(func=run_calibration)

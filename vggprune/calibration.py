@@ -1,0 +1,70 @@
+"""Are the speed-up intervals honest on this machine? Coverage of each run's CI across same-code runs.
+
+A 95 % interval is calibrated if it holds the quantity it estimates about 95 % of the time. Between
+runs the quantity is unknown, so the check (issue 9) uses the median over runs of the same code as a
+stand-in: for every case, each run's ``measured_speedup_ci`` either contains the median of the runs'
+``measured_speedup`` or not, and the coverage is the fraction that does. Run ``make bench`` (or
+``pytest bench/``) several times with nothing else running, then ``vggprune calibration run*.json``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from vggprune.errors import UserError
+from vggprune.results import CaseRecord, Run
+
+
+@dataclass(frozen=True)
+class CaseCoverage:
+    case_id: str
+    median: float
+    speedups: list[float]
+    cis: list[tuple[float, float]]
+
+    @property
+    def hits(self) -> int:
+        return sum(lo <= self.median <= hi for lo, hi in self.cis)
+
+
+def _selected(record: CaseRecord, scopes: Sequence[str], batch_size: int) -> bool:
+    return (record.scope in scopes and record.batch_size == batch_size
+            and record.measured_speedup is not None and record.measured_speedup_ci is not None)
+
+
+def coverage(runs: Sequence[Run], scopes: Sequence[str] = ("conv", "all"),
+             batch_size: int | None = None) -> list[CaseCoverage]:
+    """Per case present in every run: its speed-ups, CIs and the runs' median (default: largest batch)."""
+    if len(runs) < 3:
+        raise UserError(f"calibration needs at least 3 runs of the same code (5 or more is better), got {len(runs)}")
+    if batch_size is None:
+        batch_size = max(c.batch_size for c in runs[0].cases)
+    per_run = [{c.key(): c for c in run.cases if _selected(c, scopes, batch_size)} for run in runs]
+    keys = [k for k in per_run[0] if all(k in cases for cases in per_run[1:])]
+    if not keys:
+        raise UserError(f"no timed {'/'.join(scopes)} case at batch size {batch_size} is in every run")
+    out = []
+    for key in keys:
+        records = [cases[key] for cases in per_run]
+        speedups = [r.measured_speedup for r in records]
+        out.append(CaseCoverage(records[0].case_id, statistics.median(speedups), speedups,
+                                [tuple(r.measured_speedup_ci) for r in records]))
+    return out
+
+
+def render(cases: Sequence[CaseCoverage]) -> str:
+    rows = [[c.case_id, f"{c.median:.3f}", f"{c.hits}/{len(c.cis)}",
+             "  ".join(f"{s:.2f} ({lo:.2f}–{hi:.2f})" for s, (lo, hi) in zip(c.speedups, c.cis))]
+            for c in cases]
+    hits, total = sum(c.hits for c in cases), sum(len(c.cis) for c in cases)
+    table = tabulate(rows, headers=["case", "median over runs", "CIs holding it", "each run: × (95 % CI)"],
+                     tablefmt="github")
+    return f"{table}\n\ncoverage: {hits}/{total} = {hits / total:.1%} of (case, run) pairs (target ≥ 90 %)\n"
+
+
+def total_coverage(cases: Sequence[CaseCoverage]) -> float:
+    return sum(c.hits for c in cases) / sum(len(c.cis) for c in cases)
