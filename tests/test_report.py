@@ -191,9 +191,12 @@ def test_merge_cpu_run_with_gpu_run_from_another_machine():
             assert r["vs_cpu_device"] == "cpu@gpu-box"
             cpu_p50 = p50(gpu_cases, device="cpu", method=r["method"], scope=r["scope"], rate=r["rate"],
                           batch_size=r["batch_size"])
-            assert r["vs_cpu_speedup"] == pytest.approx(cpu_p50 / r["latency_p50_ms"])
+            # the ratio of the two cases' medians (the recorded p50s are rounded, hence rel=1e-3)
+            assert r["vs_cpu_speedup"] == pytest.approx(cpu_p50 / r["latency_p50_ms"], rel=1e-3)
+            low, high = r["vs_cpu_speedup_ci"]  # timed apart: an unpaired interval, but never none
+            assert low < r["vs_cpu_speedup"] < high
     table = summary_tables(rows)[0]
-    assert "cuda vs cpu@gpu-box ×" in table.headers and f"cpu@{node} p50 ms (IQR)" in table.headers
+    assert "cuda vs cpu@gpu-box × (95 % CI)" in table.headers and f"cpu@{node} p50 ms (IQR)" in table.headers
     assert table.headers.index(f"cpu@{node} p50 ms (IQR)") < table.headers.index("cuda p50 ms (IQR)")  # CPU first
 
 
@@ -205,7 +208,7 @@ def test_gpu_only_file_is_compared_with_the_only_cpu(tmp_path):
     assert {r["device_label"] for r in rows} == {"cpu", "cuda"}
     cuda = [r for r in rows if r["device"] == "cuda"]
     assert cuda and all(r["vs_cpu_device"] == "cpu" and r["vs_cpu_speedup"] > 0 for r in cuda)
-    assert "cuda vs cpu ×" in summary_tables(rows)[0].headers
+    assert "cuda vs cpu × (95 % CI)" in summary_tables(rows)[0].headers
 
 
 def test_the_same_run_twice_is_an_error_not_a_silent_pick(tmp_path):
@@ -270,7 +273,7 @@ def test_a_case_twice_in_one_file_is_an_error(tmp_path):
 def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
     assert main(["report", str(CPU), str(GPU), "--out", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("### profile") and "cuda vs cpu@gpu-box ×" in out
+    assert out.startswith("### profile") and "cuda vs cpu@gpu-box × (95 % CI)" in out
     names = {p.name for p in tmp_path.iterdir()}
     assert {"summary.md", "summary.csv", "summary.json"} <= names
     pngs = sorted(n for n in names if n.endswith(".png"))

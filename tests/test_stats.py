@@ -141,3 +141,17 @@ def test_speedup_ci_contains_the_median_and_covers_blocks():
     assert low <= point <= high
     # the interval spans at least the middle blocks' speed-ups, not just the median block's rounds
     assert low < 2 * np.exp(-0.04) + 1e-9 and high > 2 * np.exp(0.04) - 1e-9
+
+
+def test_ratio_of_medians_of_two_timing_windows_covers_the_true_ratio():
+    from vggprune.stats import ratio_of_medians
+
+    # two cases timed apart, 30 rounds each with 5 % log-normal spread; the true ratio is 20 / 8 = 2.5
+    rng = np.random.default_rng(5)
+    covered = 0
+    for _ in range(40):
+        slow, fast = 0.020 * np.exp(rng.normal(0, 0.05, 30)), 0.008 * np.exp(rng.normal(0, 0.05, 30))
+        ratio, (low, high) = ratio_of_medians(slow, fast)
+        assert ratio == pytest.approx(np.median(slow) / np.median(fast))
+        covered += low <= 2.5 <= high
+    assert covered >= 34  # a 95 % interval: at least 85 % of 40 (binomial 5th percentile is 36)

@@ -144,6 +144,13 @@ def _finish_panels(fig: Figure, title: str, path: Path, handles: list | None = N
     return _save(fig, path)
 
 
+def _iqr_bars(rs: Sequence[Row]) -> list[list[float]]:
+    """matplotlib's [below, above] error bars from each row's p50 to its quartiles."""
+    down = [max(0.0, r["latency_p50_ms"] - (r["latency_q1_ms"] or r["latency_p50_ms"])) for r in rs]
+    up = [max(0.0, (r["latency_q3_ms"] or r["latency_p50_ms"]) - r["latency_p50_ms"]) for r in rs]
+    return [down, up]
+
+
 def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
     """p50 latency per batch against parameter count on one device, one panel per batch size;
     the bar spans the interquartile range of the case's rounds."""
@@ -159,9 +166,7 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
             rs = base + rs
             xs = [r["params"] / 1e6 for r in rs]
             p50 = [r["latency_p50_ms"] for r in rs]
-            down = [max(0.0, r["latency_p50_ms"] - (r["latency_q1_ms"] or r["latency_p50_ms"])) for r in rs]
-            up = [max(0.0, (r["latency_q3_ms"] or r["latency_p50_ms"]) - r["latency_p50_ms"]) for r in rs]
-            ax.errorbar(xs, p50, yerr=[down, up], capsize=3, label=name, **looks[name])
+            ax.errorbar(xs, p50, yerr=_iqr_bars(rs), capsize=3, label=name, **looks[name])
         if base:
             ax.plot([base[0]["params"] / 1e6], [base[0]["latency_p50_ms"]], marker="*", markersize=14,
                     color="black", linestyle="none", label="base (unpruned)", zorder=5)
@@ -223,8 +228,8 @@ def _plain_log_labels(ax) -> None:
 
 
 def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> Path | None:
-    """p50 per batch on an accelerator and on its partner CPU for the same cases (log scale: the gap
-    is often tens of times), one panel per batch size."""
+    """p50 per batch (bar: IQR) on an accelerator and on its partner CPU for the same cases (log scale:
+    the gap is often tens of times), one panel per batch size."""
     arows = [r for r in rows if r["device_label"] == accel and r["vs_cpu_device"]]
     if not arows:
         return None
@@ -238,8 +243,8 @@ def plot_gpu_vs_cpu(rows: Sequence[Row], accel: str, title: str, path: Path) -> 
             base = [r for r in brows if r["method"] == BASE_METHOD][:1]
             for name, rs in _series(brows).items():
                 rs = base + rs
-                ax.plot([r["params"] / 1e6 for r in rs], [r["latency_p50_ms"] for r in rs],
-                        **{**looks[name], "linestyle": style})
+                ax.errorbar([r["params"] / 1e6 for r in rs], [r["latency_p50_ms"] for r in rs],
+                            yerr=_iqr_bars(rs), capsize=3, **{**looks[name], "linestyle": style})
             if base:
                 ax.plot([base[0]["params"] / 1e6], [base[0]["latency_p50_ms"]], marker="*", markersize=14,
                         color="black", linestyle="none", zorder=5)

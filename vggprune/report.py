@@ -27,10 +27,12 @@ from vggprune.atomic import write_atomic
 from vggprune.errors import UserError
 from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS, Case
 from vggprune.results import CaseRecord, Run, load_run, load_runs
+from vggprune.stats import ratio_of_medians
 
 FORMATS = ("github", "plain", "csv", "json")
-# The evidence fields stay in the run's JSON; report rows carry summaries only.
-_EVIDENCE = ("times_s", "base_times_s", "correct")
+# The evidence fields stay in the run's JSON; report rows carry summaries, plus the case's own rounds
+# for the figures that compare two cases timed apart (never written out: CSV_FIELDS leaves them out).
+_EVIDENCE = ("base_times_s", "correct")
 
 Tagged = dict[str, Any]  # a record as a dict (no evidence strings), tagged with device_label, node and source
 Row = dict[str, Any]
@@ -125,6 +127,14 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if _is_number(num) and _is_number(den) and den > 0 else None
 
 
+def _unpaired_speedup(slow: Tagged | None, fast: Tagged) -> tuple[float | None, list[float] | None]:
+    """``slow``'s median time over ``fast``'s, with its 95 % CI, for two cases timed apart."""
+    if slow is None or not slow["times_s"] or not fast["times_s"]:
+        return None, None
+    ratio, ci = ratio_of_medians(slow["times_s"], fast["times_s"], slow["blocks"], fast["blocks"])
+    return ratio, list(ci)
+
+
 def cpu_partners(cases: Sequence[Tagged]) -> dict[str, str]:
     """Accelerator label → the CPU label it is compared with: the same machine's CPU, else the only CPU."""
     cpus = {c["device_label"]: c["node"] for c in cases if c["device"] == "cpu"}
@@ -164,9 +174,9 @@ def build_rows(cases: Sequence[Tagged]) -> list[Row]:
 
     ``measured_speedup`` and its CI come from the case's own paired rounds (recorded by the harness);
     ``speedup_ratio`` is measured over theoretical (1.0 = the MAC count's promise is kept);
-    ``deploy_speedup`` is the eager base's p50 over this p50 (a runtime's gain on top of pruning,
-    from two timing windows, so without a CI); ``vs_cpu_speedup`` (accelerator rows only) is the
-    partner CPU's p50 over this p50 for the same case.
+    ``deploy_speedup`` is the eager base's median time over this one's (a runtime's gain on top of
+    pruning) and ``vs_cpu_speedup`` (accelerator rows only) the partner CPU's over this device's for
+    the same case: both compare two timing windows, so their CIs are unpaired (:func:`ratio_of_medians`).
     """
     by_key = {(*case_key(c), c["device_label"]): c for c in cases}
     partners = cpu_partners(cases)
@@ -186,16 +196,19 @@ def build_rows(cases: Sequence[Tagged]) -> list[Row]:
         if partner:
             cpu_key = tuple("cpu" if k == "device" else v for k, v in zip(KEY_FIELDS, case_key(c)))
             cpu_case = by_key.get((*cpu_key, partner))
+        deploy, deploy_ci = _unpaired_speedup(eager_base, c) if c["runtime"] != DEFAULT_RUNTIME else (None, None)
+        vs_cpu, vs_cpu_ci = _unpaired_speedup(cpu_case, c)
         rows.append({
             **c,
             "rate": round(float(c["rate"]), 6),
             "params_pct": 100.0 * c["params"] / c["base_params"],
             "accuracy_vs_base": accuracy_vs_base(c, base),
             "speedup_ratio": _ratio(c["measured_speedup"], c["theoretical_speedup"]),
-            "deploy_speedup": (_ratio(eager_base["latency_p50_ms"], c["latency_p50_ms"])
-                               if eager_base and c["runtime"] != DEFAULT_RUNTIME else None),
+            "deploy_speedup": deploy,
+            "deploy_speedup_ci": deploy_ci,
             "vs_cpu_device": partner if cpu_case else None,
-            "vs_cpu_speedup": _ratio(cpu_case["latency_p50_ms"], c["latency_p50_ms"]) if cpu_case else None,
+            "vs_cpu_speedup": vs_cpu,
+            "vs_cpu_speedup_ci": vs_cpu_ci,
         })
     order = device_order((r["device_label"] for r in rows), rows)
     return sorted(rows, key=lambda r: (row_order(r), order.index(r["device_label"])))
@@ -299,7 +312,7 @@ def summary_tables(rows: Sequence[Row]) -> list[Table]:
             numeric += [True] * 3 + [False]
         for d in accels:
             partner = next(r["vs_cpu_device"] for r in grows if r["device_label"] == d and r["vs_cpu_device"])
-            headers.append(f"{d} vs {partner} ×")
+            headers.append(f"{d} vs {partner} × (95 % CI)")
             numeric.append(True)
         cells = []
         for rid in dict.fromkeys(_row_id(r) for r in grows):  # rows arrive in row_order
@@ -317,7 +330,8 @@ def summary_tables(rows: Sequence[Row]) -> list[Table]:
             for d in devices:
                 r = per_dev.get(d)
                 line += ["–"] * 4 if r is None else _latency_cells(r)
-            line += [fmt_num(per_dev[d]["vs_cpu_speedup"] if d in per_dev else None, "x") for d in accels]
+            line += [with_interval(per_dev[d]["vs_cpu_speedup"], per_dev[d]["vs_cpu_speedup_ci"], "x")
+                     if d in per_dev else "–" for d in accels]
             cells.append(line)
         runtime = "" if primary == DEFAULT_RUNTIME else f", runtime {primary}"
         title = f"profile {group[0]}, model {group[1]}, batch size {group[2]}{runtime}"
@@ -347,7 +361,7 @@ def runtime_tables(rows: Sequence[Row]) -> list[Table]:
         if not grows:
             continue
         headers = ["method", "scope", "criterion", "rate", "runtime", "MB", "agrees with eager", "max rel. Δ",
-                   "p50 ms (IQR)", "× vs same-runtime base (95 % CI)", "×/theor.", "× vs eager base", "marks"]
+                   "p50 ms (IQR)", "× vs same-runtime base (95 % CI)", "×/theor.", "× vs eager base (95 % CI)", "marks"]
         cells = []
         for r in sorted(grows, key=lambda r: (r["method"] != BASE_METHOD, row_order(r))):
             agree = "reference" if r["runtime"] == DEFAULT_RUNTIME else (
@@ -356,14 +370,22 @@ def runtime_tables(rows: Sequence[Row]) -> list[Table]:
             lat = _latency_cells(r)
             cells.append([r["method"], r["scope"], r["criterion"], fmt_num(r["rate"], "rate"), r["runtime"],
                           fmt_num(r["size_mb"], "mb"), agree, diff, *lat[:3],
-                          "1.00" if r["runtime"] == DEFAULT_RUNTIME and r["method"] == BASE_METHOD
-                          else fmt_num(r["deploy_speedup"] if r["runtime"] != DEFAULT_RUNTIME
-                                       else _ratio(r["base_latency_p50_ms"], r["latency_p50_ms"]), "x"),
+                          _deploy_cell(r),
                           lat[3]])
         numeric = [False] * 3 + [True, False, True, True, True, True, True, True, True, False]
         title = f"Runtimes: profile {group[0]}, model {group[1]}, batch size {group[2]}, {group[3]}"
         tables.append(Table(title=title, headers=headers, rows=cells, numeric=numeric))
     return tables
+
+
+def _deploy_cell(r: Row) -> str:
+    """Against the eager base: 1.00 for itself; an eager case's own paired speed-up (the better
+    evidence: same timing window); another runtime's unpaired ratio of medians."""
+    if r["runtime"] != DEFAULT_RUNTIME:
+        return with_interval(r["deploy_speedup"], r["deploy_speedup_ci"], "x")
+    if r["method"] == BASE_METHOD:
+        return "1.00"
+    return with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x")
 
 
 def devices_table(runs: Sequence[Run], rows: Sequence[Row]) -> Table:
@@ -437,7 +459,8 @@ CSV_FIELDS: tuple[str, ...] = (
     "base_accuracy", "runtime_agreement", "runtime_max_rel_diff", "rounds", "latency_p50_ms", "latency_q1_ms",
     "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
     "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "speedup_ratio", "deploy_speedup",
-    "other_cpu_cores", "loadavg_1m", "contended", "vs_cpu_device", "vs_cpu_speedup", "test_fingerprint",
+    "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended", "vs_cpu_device", "vs_cpu_speedup",
+    "vs_cpu_speedup_ci", "test_fingerprint",
     "weights_sha256", "case_id", "node", "source",
 )
 

@@ -197,5 +197,20 @@ def change_test(before: Sequence[float], after: Sequence[float], blocks_before: 
     return Change(shift, shift - z * se, shift + z * se, p)
 
 
+def ratio_of_medians(num_times: Sequence[float], den_times: Sequence[float], num_blocks: int = 1,
+                     den_blocks: int = 1, confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """median(num) / median(den) for times from two *different* timing windows (two cases, two
+    devices), with a 95 % CI on the log scale from each median's two-stage bootstrap standard error,
+    as in :func:`change_test`. Unpaired, so wider than a paired speed-up's: nothing cancels what the
+    machine did in between."""
+    from scipy.stats import norm
+
+    num, den = np.asarray(num_times, dtype=np.float64), np.asarray(den_times, dtype=np.float64)
+    ratio = float(np.median(num) / np.median(den))
+    se = math.hypot(median_and_se(np.log(num), num_blocks)[1], median_and_se(np.log(den), den_blocks)[1])
+    half = norm.ppf(1 - (1 - confidence) / 2) * se
+    return ratio, (ratio * math.exp(-half), ratio * math.exp(half))
+
+
 def log_ratios(base_times: Sequence[float], case_times: Sequence[float]) -> np.ndarray:
     return np.log(np.asarray(base_times, dtype=np.float64) / np.asarray(case_times, dtype=np.float64))
