@@ -82,10 +82,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def harness(request: pytest.FixtureRequest) -> Harness:
+def harness(request: pytest.FixtureRequest):
     harness = Harness(request.config._vggprune_settings)
     request.config._vggprune_harness = harness  # for the terminal summary
-    return harness
+    yield harness
+    harness.workers.close()  # the timing worker processes, if any were started
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -23,7 +23,8 @@ def test_accuracy(harness, model_key):
 
 
 def test_inference(benchmark, harness, case):
-    """Gates first (exact parameter count, accuracy), then the case timed round by round against its base."""
+    """Gates first (exact parameter count, accuracy), then the case timed round by round against its base,
+    in this process and (on CPU) in worker processes, one block each."""
     prepared = harness.prepared(case.model)
     failure = harness.params_failure(prepared)
     assert failure is None, f"{case.id}: {failure}"
@@ -37,13 +38,20 @@ def test_inference(benchmark, harness, case):
 
     base, forward = harness.forwards(case)
     paired = harness.pairing(case, base, forward)
+    harness.start_workers(case)  # started before any timing: their imports are not in the window
     with CpuWatch() as watch:
         benchmark.pedantic(forward, setup=paired.setup, teardown=paired.teardown,
-                           rounds=harness.profile.latency_rounds, warmup_rounds=harness.profile.latency_warmup)
+                           rounds=paired.rounds, warmup_rounds=harness.profile.latency_warmup)
+        elsewhere = harness.time_elsewhere(case)  # the further blocks, each in a worker process
+    for seconds, _ in elsewhere:  # appended after pytest-benchmark's own rounds, in block order
+        for s in seconds:
+            benchmark.stats.stats.update(s)
     seconds = benchmark.stats.stats.data if benchmark.stats else []
+    base_seconds = paired.times() + [s for _, base_block in elsewhere for s in base_block]
     # GPU times of the timed rounds only (warm-up and block refreshes ran `forward` untimed too).
     gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
-    record = harness.record(case, seconds, paired.times(), gpu_ms, watch, paired.blocks)
+    record = harness.record(case, seconds, base_seconds, gpu_ms, watch,
+                            blocks=paired.blocks + len(elsewhere), processes=1 + len(elsewhere))
     benchmark.extra_info.update(record.to_extra_info())
     if record.contended:
         warnings.warn(f"{case.id}: other processes used {record.other_cpu_cores:.2f} cores while it was timed; "

@@ -249,3 +249,17 @@ def test_an_unknown_runtime_is_a_usage_error(bench):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--runtimes: unknown value tensorrt; allowed: eager, fused, onnxruntime, openvino, compile" in (
         result.stderr.str())
+
+
+def test_timing_processes_time_one_block_in_each_worker_process(bench, tmp_path):
+    json_path = tmp_path / "run.json"
+    result = bench.runpytest_subprocess("bench", *SMALL_RUN, "--rates", "0", "--batch-sizes", "2",
+                                        "--runtimes", "eager,fused", "--latency-rounds", "7",
+                                        "--timing-processes", "3", f"--benchmark-json={json_path}")
+    result.assert_outcomes(passed=3)
+    for bench_entry in json.loads(json_path.read_text())["benchmarks"]:
+        info = bench_entry["extra_info"]
+        # 7 rounds over 3 processes: blocks of 3, 3 and 1, this process's first, as block_ids splits them
+        assert info["processes"] == info["blocks"] == 3
+        assert len(bench_entry["stats"]["data"]) == len(info["base_times_s"]) == info["rounds"] == 7
+        assert not info["contended"] or info["other_cpu_cores"] > 0.1  # the workers' CPU is not contention

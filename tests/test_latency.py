@@ -144,24 +144,53 @@ def test_paired_rounds_time_the_base_once_per_timed_round_in_shuffled_order():
     assert log2 == log
 
 
-def test_cpu_watch_sees_another_process_use_a_core():
-    import subprocess
-    import sys
+BURN = "import time\nt=time.time()\nwhile time.time()-t<3: pass"
+
+
+def _watch_while(start_burner) -> tuple[CpuWatch, CpuWatch]:
+    """A quiet watch, then one while ``start_burner()``'s process spins a core (it returns a kill function)."""
     import time
 
     with CpuWatch() as quiet:
         time.sleep(0.3)
-    burner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<3: pass"])
+    stop = start_burner()
     try:
         time.sleep(0.3)  # let it start spinning
-        with CpuWatch() as busy:
+        with CpuWatch() as watch:
             time.sleep(0.8)
     finally:
-        burner.kill()
-        burner.wait()
+        stop()
+    return quiet, watch
+
+
+def test_cpu_watch_sees_another_process_use_a_core():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    def unrelated():  # started through a shell that exits: not a descendant of this process
+        out = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" >/dev/null 2>&1 & echo $!', BURN],
+                             capture_output=True, text=True, check=True).stdout
+        pid = int(out.split()[0])
+        return lambda: os.kill(pid, signal.SIGKILL)
+
+    quiet, busy = _watch_while(unrelated)
     assert busy.other_cores is not None and busy.other_cores > 0.5 and busy.contended
     assert quiet.other_cores is not None and busy.other_cores > quiet.other_cores
     assert busy.loadavg_1m is not None and busy.loadavg_1m >= 0
+
+
+def test_cpu_watch_counts_its_own_worker_processes_as_its_own():
+    import subprocess
+    import sys
+
+    def child():  # like a timing worker: a process this one started
+        proc = subprocess.Popen([sys.executable, "-c", BURN])
+        return lambda: (proc.kill(), proc.wait())
+
+    _, watch = _watch_while(child)
+    assert watch.other_cores is not None and watch.other_cores < 0.1 and not watch.contended
 
 
 def test_make_batch_is_fixed_per_seed_and_in_the_asked_layout():

@@ -18,10 +18,19 @@ import torch
 from vggprune.counting import count_params_macs
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_params
 from vggprune.identity import BASE, DEFAULT_RUNTIME, Case, ModelKey
-from vggprune.latency import CpuWatch, PairedRounds, TimedForward, make_batch, prepare_for_inference, summarize
+from vggprune.latency import (
+    BLOCKS,
+    CpuWatch,
+    PairedRounds,
+    TimedForward,
+    make_batch,
+    prepare_for_inference,
+    summarize,
+)
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
 from vggprune.stats import correct_interval
+from vggprune.workers import Block, Workers, deployable, split_rounds
 
 
 @dataclass
@@ -113,6 +122,7 @@ class Harness:
         self._base: PreparedModel | None = None
         self._current: PreparedModel | None = None
         self.timed: list[CaseRecord] = []  # every case recorded so far, for the run's summary
+        self.workers = Workers(settings.processes - 1, settings.threads, settings.axes.runtimes)  # on first use
 
     # models ----------------------------------------------------------------------------------
     def _prepare(self, key: ModelKey) -> PreparedModel:
@@ -230,34 +240,61 @@ class Harness:
             size = self.runner(prepared, runtime, device).size_bytes
         return round(size / 1e6, 4)
 
+    def processes(self, case: Case) -> int:
+        """How many processes time the case's rounds: this one, then a worker per further block (CPU
+        only; a compiled model would compile again in each, and CUDA stays in the process that owns
+        the context)."""
+        if case.device != "cpu" or case.runtime == "compile":
+            return 1
+        return len(split_rounds(self.profile.latency_rounds, self.settings.processes))
+
+    def start_workers(self, case: Case) -> None:
+        """Start the timing workers if the case uses them (call before timing: they import torch)."""
+        if self.processes(case) > 1:
+            self.workers.start()
+
     def pairing(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> PairedRounds:
-        """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``; the shuffle is seeded
-        by the case id so a rerun draws the same order. Each block of rounds runs on fresh copies of
-        both models (new sessions in ONNX Runtime and OpenVINO; see PairedRounds); the earlier copies
-        stay allocated until the case is done, so the new ones land elsewhere in memory."""
+        """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``, for this process's
+        share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
+        Each block of rounds runs on fresh copies of both models (new sessions in ONNX Runtime and
+        OpenVINO; see PairedRounds); the earlier copies stay allocated until the case is done, so the
+        new ones land elsewhere in memory. With workers, this process times one block and each
+        worker one more (:meth:`time_elsewhere`)."""
         models = [self.base, self.base if case.model.is_base else self.prepared(case.model)]
         held: list[object] = []
 
-        def fresh(prepared: PreparedModel):
-            if case.runtime == DEFAULT_RUNTIME:
-                return prepare_for_inference(prepared.model, case.device, self.settings.memory_format)
-            from vggprune.runtimes import get_runtime  # a new session on the already exported files
-
-            return get_runtime(case.runtime).prepare(prepared.model, case.device, self.settings.memory_format,
-                                                     make_batch(1, self.profile.image_size, "cpu"),
-                                                     self._artifacts(prepared, case.runtime))
-
         def refresh() -> None:
             for forward, prepared in zip((base_forward, case_forward), models):
-                forward.fn = fresh(prepared)
+                forward.fn = deployable(prepared.model, case.runtime, case.device, self.settings.memory_format,
+                                        self.profile.image_size, self._artifacts(prepared, case.runtime))
                 held.append(forward.fn)
                 with torch.inference_mode():  # first call on new memory (page faults), untimed
                     forward.fn(forward.batch)
 
         if case.runtime == "compile":
             refresh = None  # a fresh copy would mean compiling again per block
-        return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=zlib.crc32(case.id.encode()),
-                            rounds=self.profile.latency_rounds, refresh=refresh)
+        here = split_rounds(self.profile.latency_rounds, self.processes(case))[0]
+        return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=self._seed(case),
+                            rounds=here, refresh=refresh, blocks=BLOCKS if self.processes(case) == 1 else 1)
+
+    @staticmethod
+    def _seed(case: Case, block: int = 0) -> int:
+        return zlib.crc32(f"{case.id}#{block}".encode()) if block else zlib.crc32(case.id.encode())
+
+    def time_elsewhere(self, case: Case) -> list[tuple[list[float], list[float]]]:
+        """(case seconds, base seconds) of each further block, each timed in its own worker process."""
+        shares = split_rounds(self.profile.latency_rounds, self.processes(case))[1:]
+        if not shares:
+            return []
+        base = self.base
+        prepared = base if case.model.is_base else self.prepared(case.model)
+        blocks = [Block(base=base.model, case=prepared.model, runtime=case.runtime, device=case.device,
+                        memory_format=self.settings.memory_format, image_size=self.profile.image_size,
+                        batch_size=case.batch_size, base_artifacts=self._artifacts(base, case.runtime),
+                        case_artifacts=self._artifacts(prepared, case.runtime), warmup=self.profile.latency_warmup,
+                        rounds=rounds, seed=self._seed(case, k + 1))
+                  for k, rounds in enumerate(shares)]
+        return self.workers.time(blocks)
 
     # gates -----------------------------------------------------------------------------------
     def num_classes(self, prepared: PreparedModel) -> int:
@@ -293,7 +330,7 @@ class Harness:
         return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": diff}
 
     def record(self, case: Case, seconds: list[float], base_seconds: list[float], gpu_ms: list[float],
-               watch: CpuWatch | None, blocks: int = 1) -> CaseRecord:
+               watch: CpuWatch | None, blocks: int = 1, processes: int = 1) -> CaseRecord:
         """The case's typed record: identity, model facts, accuracy evidence, latency and quietness."""
         prepared, base = self.prepared(case.model), self.base
         key = case.model
@@ -319,7 +356,7 @@ class Harness:
             base_times_s=[float(s) for s in base_seconds],
             other_cpu_cores=watch.other_cores if watch else None,
             loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
-            times_s=list(seconds),
+            times_s=list(seconds), processes=processes,
             **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks),
         )
         self.timed.append(record)

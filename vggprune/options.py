@@ -66,6 +66,10 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--latency-warmup", VALUE, "untimed warm-up batches per case (default: the profile's)"),
     Option("--memory-format", VALUE, "layout for timing: channels_last (default) | contiguous"),
     Option("--threads", VALUE, "torch CPU threads, fixed for the run (default: cores available)"),
+    Option("--timing-processes", VALUE, "processes a CPU case's rounds are timed in (default 1: this one, in 5 "
+                                        "blocks on fresh model copies); N > 1: this one plus N-1 fresh worker "
+                                        "processes, one block each, so the CI covers process-to-process "
+                                        "differences (pyperf's approach; 5 costs about 30 s more on quick)"),
     Option("--thresholds", PATH, "accuracy gates file (default: the harness's bench/thresholds.json)"),
     Option("--expected-params", PATH, "exact parameter counts file (default: bench/expected_params.json)"),
 )}

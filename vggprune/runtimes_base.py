@@ -71,6 +71,7 @@ class Runtime:
 
     name: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
+    modules: tuple[str, ...] = ()  # what running (not exporting) needs imported; timing workers preload it
 
     def unavailable(self, device: str) -> str | None:
         """None when this runtime can run on ``device`` here, else one line: why, and how to get it."""

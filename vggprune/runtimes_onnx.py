@@ -85,6 +85,7 @@ class OnnxRuntimeRuntime(Runtime):
     """ONNX Runtime: CPU execution provider, CUDA provider on ``cuda`` (needs onnxruntime-gpu)."""
 
     name = "onnxruntime"
+    modules = ("onnxruntime",)
 
     def unavailable(self, device: str) -> str | None:
         missing = _missing("onnxruntime", "onnx", "onnxscript")
@@ -173,6 +174,7 @@ class OpenVINORuntime(Runtime):
 
     name = "openvino"
     devices = ("cpu",)
+    modules = ("openvino",)
 
     def unavailable(self, device: str) -> str | None:
         missing = _missing("openvino", "onnx", "onnxscript")

@@ -17,10 +17,12 @@ from vggprune.limits import (
     MAX_BATCH,
     MAX_EPOCHS,
     MAX_IMAGE,
+    MAX_PROCESSES,
     MAX_ROUND_TO,
     MAX_ROUNDS,
     MAX_SEED,
     MIN_IMAGE,
+    TIMING_PROCESSES,
     available_cores,
     check_batch_fits,
     inference_bytes_per_image,
@@ -49,6 +51,7 @@ class RunSettings:
     cache_dir: Path | None = None
     use_cache: bool = True
     threads: int = 1
+    processes: int = 1  # processes a CPU case's rounds are timed in; 1 = no worker processes
     memory_format: str = "channels_last"
     # None: the caller (bench/conftest.py) supplies its committed files; the library never guesses.
     thresholds_file: Path | None = None
@@ -232,6 +235,8 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
         cache_dir=Path(str(raw["cache_dir"])).expanduser() if raw.get("cache_dir") else None,
         use_cache=not raw.get("no_cache"),
         threads=threads,
+        processes=(int_in_range("--timing-processes", raw["timing_processes"], 1, MAX_PROCESSES)
+                   if raw.get("timing_processes") else TIMING_PROCESSES),
         memory_format=_choice("--memory-format", str(raw.get("memory_format") or "channels_last"),
                               MEMORY_FORMATS),
         thresholds_file=existing_file("--thresholds", raw.get("thresholds")),

@@ -1,0 +1,126 @@
+"""Paired timing blocks in other processes: the process is the unit that varies (pyperf's approach).
+
+A process keeps a speed character for its whole life (where its heap, weights and code land, which
+kernels oneDNN plans), and no resampling of one process's rounds can see it. Measured on one 2-core
+VM, quick profile, 5 same-code runs each: with every round in the pytest process, the runs' 95 %
+intervals held the 5-run median speed-up in 67.5 % of (case, run) pairs one hour and 92.5-96 % the
+next. With ``--timing-processes N`` the harness times the first block of each CPU case's rounds
+itself and every other block in a worker process of its own, started once per run (spawned: a fresh
+interpreter, not a fork of this one), so the bootstrap over blocks behind each CI resamples processes.
+It is opt-in: each worker JIT-compiles oneDNN kernels for every new model, about 28 s more per warm
+quick-profile run with N = 5.
+
+Workers never time at the same time as each other or as the pytest process: the caller waits for each
+block. They are started, and their imports finished, before the first block is timed. Scripts that use
+:class:`Workers` need the usual ``if __name__ == "__main__":`` guard (spawned children import ``__main__``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vggprune.identity import DEFAULT_RUNTIME
+from vggprune.latency import PairedRounds, TimedForward, make_batch, measure, prepare_for_inference, steady_allocator
+
+
+def deployable(model: torch.nn.Module, runtime: str, device: str, memory_format: str, image_size: int,
+               artifact_dir: Path | None):
+    """A fresh copy of ``model`` ready to time: an eval-mode copy for eager, else a new session of
+    ``runtime`` on its already exported files."""
+    if runtime == DEFAULT_RUNTIME:
+        return prepare_for_inference(model, device, memory_format)
+    from vggprune.runtimes import get_runtime
+
+    return get_runtime(runtime).prepare(model, device, memory_format, make_batch(1, image_size, "cpu"), artifact_dir)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a case's paired rounds, everything a worker needs to time it (picklable)."""
+
+    base: torch.nn.Module
+    case: torch.nn.Module
+    runtime: str
+    device: str
+    memory_format: str
+    image_size: int
+    batch_size: int
+    base_artifacts: Path | None
+    case_artifacts: Path | None
+    warmup: int
+    rounds: int
+    seed: int
+
+
+def time_block(block: Block) -> tuple[list[float], list[float]]:
+    """(case seconds, base seconds) of ``block.rounds`` paired rounds, after ``block.warmup``."""
+    base, case = (deployable(m, block.runtime, block.device, block.memory_format, block.image_size, art)
+                  for m, art in ((block.base, block.base_artifacts), (block.case, block.case_artifacts)))
+    batch = make_batch(block.batch_size, block.image_size, block.device, memory_format=block.memory_format)
+    if block.runtime != DEFAULT_RUNTIME:
+        batch = case.adapt(batch)
+    base_forward, case_forward = TimedForward(base, batch), TimedForward(case, batch)
+    paired = PairedRounds(base_forward, warmup=block.warmup, seed=block.seed)
+    seconds = measure(case_forward, block.rounds, block.warmup, paired=paired)
+    return seconds, paired.times()
+
+
+def _start(threads: int, runtimes: tuple[str, ...]) -> None:
+    torch.set_num_threads(threads)  # the same threads as the pytest process, and the same allocator
+    steady_allocator()
+    import importlib
+
+    from vggprune.runtimes import get_runtime
+
+    for name in runtimes:  # imported now, not inside the first case's timing window
+        for module in get_runtime(name).modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass  # such cases are skipped, with the reason, before anything is sent here
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+class Workers:
+    """``count`` single-process pools, one per worker, so that block k always runs in worker k."""
+
+    def __init__(self, count: int, threads: int, runtimes: tuple[str, ...] = ()) -> None:
+        self.count, self.threads, self.runtimes = count, threads, tuple(runtimes)
+        self._pools: list[ProcessPoolExecutor] = []
+        self.pids: list[int] = []
+
+    def start(self) -> None:
+        if self._pools or not self.count:
+            return
+        context = multiprocessing.get_context("spawn")
+        self._pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_start,
+                                           initargs=(self.threads, self.runtimes))
+                       for _ in range(self.count)]
+        futures = [pool.submit(_ready) for pool in self._pools]  # all start together, before any timing
+        self.pids = [f.result() for f in futures]
+
+    def time(self, blocks: list[Block]) -> list[tuple[list[float], list[float]]]:
+        """Each block in its own worker, one after another (never two timing at once)."""
+        self.start()
+        return [self._pools[i % self.count].submit(time_block, block).result() for i, block in enumerate(blocks)]
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pools, self.pids = [], []
+
+
+def split_rounds(rounds: int, processes: int) -> list[int]:
+    """Rounds per process, as vggprune.stats.block_ids will split them back into blocks: equal
+    contiguous chunks, the last one shorter, none empty."""
+    per = -(-rounds // max(1, processes))
+    return [min(per, rounds - start) for start in range(0, rounds, per)]
