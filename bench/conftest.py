@@ -94,6 +94,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["vggprune"] = {
         **library_versions(),
         "threads": torch.get_num_threads(),
+        # a CPU case's rounds came from this many processes, one block each (1: this one, in 5 blocks)
+        "timing_processes": settings.processes,
         "profile": settings.profile.name,
         "cpu_model": cpu_model(),
         "allocator": getattr(config, "_vggprune_allocator", "default"),

@@ -50,8 +50,7 @@ def test_inference(benchmark, harness, case):
     base_seconds = paired.times() + [s for _, base_block in elsewhere for s in base_block]
     # GPU times of the timed rounds only (warm-up and block refreshes ran `forward` untimed too).
     gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
-    record = harness.record(case, seconds, base_seconds, gpu_ms, watch,
-                            blocks=paired.blocks + len(elsewhere), processes=1 + len(elsewhere))
+    record = harness.record(case, seconds, base_seconds, gpu_ms, watch, blocks=paired.blocks + len(elsewhere))
     benchmark.extra_info.update(record.to_extra_info())
     if record.contended:
         warnings.warn(f"{case.id}: other processes used {record.other_cpu_cores:.2f} cores while it was timed; "

@@ -257,9 +257,11 @@ def test_timing_processes_time_one_block_in_each_worker_process(bench, tmp_path)
                                         "--runtimes", "eager,fused", "--latency-rounds", "7",
                                         "--timing-processes", "3", f"--benchmark-json={json_path}")
     result.assert_outcomes(passed=3)
-    for bench_entry in json.loads(json_path.read_text())["benchmarks"]:
+    run = json.loads(json_path.read_text())
+    assert run["machine_info"]["vggprune"]["timing_processes"] == 3
+    for bench_entry in run["benchmarks"]:
         info = bench_entry["extra_info"]
         # 7 rounds over 3 processes: blocks of 3, 3 and 1, this process's first, as block_ids splits them
-        assert info["processes"] == info["blocks"] == 3
+        assert info["blocks"] == 3
         assert len(bench_entry["stats"]["data"]) == len(info["base_times_s"]) == info["rounds"] == 7
         assert not info["contended"] or info["other_cpu_cores"] > 0.1  # the workers' CPU is not contention

@@ -8,7 +8,7 @@ import torch
 
 from vggprune.models import build_vgg11
 from vggprune.stats import block_ids
-from vggprune.workers import Block, Workers, split_rounds, time_block
+from vggprune.workers import Block, Workers, model_bytes, split_rounds, time_block
 
 
 def test_rounds_split_into_the_blocks_the_statistics_will_see():
@@ -22,7 +22,7 @@ def test_rounds_split_into_the_blocks_the_statistics_will_see():
 
 
 def tiny_block(rounds: int = 4, seed: int = 1) -> Block:
-    model = build_vgg11("small", num_classes=10).eval()
+    model = model_bytes(build_vgg11("small", num_classes=10).eval())
     return Block(base=model, case=model, runtime="eager", device="cpu", memory_format="channels_last",
                  image_size=32, batch_size=2, base_artifacts=None, case_artifacts=None, warmup=1, rounds=rounds,
                  seed=seed)

@@ -30,7 +30,7 @@ from vggprune.latency import (
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
 from vggprune.stats import correct_interval
-from vggprune.workers import Block, Workers, deployable, split_rounds
+from vggprune.workers import Block, Workers, deployable, model_bytes, split_rounds
 
 
 @dataclass
@@ -48,6 +48,7 @@ class PreparedModel:
     on_device: dict[str, torch.nn.Module] = field(default_factory=dict)
     runners: dict[str, object] = field(default_factory=dict)  # (runtime, device, copy) → runtimes.Runner
     verified: dict[str, object] = field(default_factory=dict)  # (runtime, device) → runtimes.Verification
+    payload: bytes | None = None  # the model as checkpoint bytes, for timing workers
     _sha: str | None = None
 
     @property
@@ -281,6 +282,12 @@ class Harness:
     def _seed(case: Case, block: int = 0) -> int:
         return zlib.crc32(f"{case.id}#{block}".encode()) if block else zlib.crc32(case.id.encode())
 
+    @staticmethod
+    def _bytes(prepared: PreparedModel) -> bytes:
+        if prepared.payload is None:
+            prepared.payload = model_bytes(prepared.model)
+        return prepared.payload
+
     def time_elsewhere(self, case: Case) -> list[tuple[list[float], list[float]]]:
         """(case seconds, base seconds) of each further block, each timed in its own worker process."""
         shares = split_rounds(self.profile.latency_rounds, self.processes(case))[1:]
@@ -288,7 +295,7 @@ class Harness:
             return []
         base = self.base
         prepared = base if case.model.is_base else self.prepared(case.model)
-        blocks = [Block(base=base.model, case=prepared.model, runtime=case.runtime, device=case.device,
+        blocks = [Block(base=self._bytes(base), case=self._bytes(prepared), runtime=case.runtime, device=case.device,
                         memory_format=self.settings.memory_format, image_size=self.profile.image_size,
                         batch_size=case.batch_size, base_artifacts=self._artifacts(base, case.runtime),
                         case_artifacts=self._artifacts(prepared, case.runtime), warmup=self.profile.latency_warmup,
@@ -330,7 +337,7 @@ class Harness:
         return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": diff}
 
     def record(self, case: Case, seconds: list[float], base_seconds: list[float], gpu_ms: list[float],
-               watch: CpuWatch | None, blocks: int = 1, processes: int = 1) -> CaseRecord:
+               watch: CpuWatch | None, blocks: int = 1) -> CaseRecord:
         """The case's typed record: identity, model facts, accuracy evidence, latency and quietness."""
         prepared, base = self.prepared(case.model), self.base
         key = case.model
@@ -356,7 +363,7 @@ class Harness:
             base_times_s=[float(s) for s in base_seconds],
             other_cpu_cores=watch.other_cores if watch else None,
             loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
-            times_s=list(seconds), processes=processes,
+            times_s=list(seconds),
             **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks),
         )
         self.timed.append(record)

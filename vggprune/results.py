@@ -84,7 +84,6 @@ class CaseRecord:
     # latency: the case's rounds are stats.data; base_times_s are the paired base's, same rounds, same order
     rounds: int = _range(0, default=0)
     blocks: int = _range(1, default=1)  # rounds in this many contiguous blocks, each on fresh model copies
-    processes: int = _range(1, default=1)  # ...timed in this many processes (one block each when > 1)
     base_times_s: list[float] = _range(0, open_low=True, factory=list)
     latency_p50_ms: float | None = _range(0, open_low=True, default=None)
     latency_q1_ms: float | None = _range(0, open_low=True, default=None)

@@ -144,11 +144,18 @@ def median_and_se(values: Sequence[float], blocks: int = 1, reps: int = 2000, se
     x = np.asarray(values, dtype=np.float64)
     ids = block_ids(x.size, blocks)
     groups = [x[ids == b] for b in np.unique(ids)]
+    sizes = np.array([g.size for g in groups])
+    padded = np.full((len(groups), sizes.max()), np.nan)
+    for i, g in enumerate(groups):
+        padded[i, :g.size] = g
+    # all replicates at once: drawn blocks (reps, G), then rounds within each drawn block; the last block
+    # may be shorter, so positions beyond a drawn block's size are masked out of its median
     rng = np.random.default_rng(seed)
-    medians = np.empty(reps)
-    for i in range(reps):
-        drawn = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else [0]
-        medians[i] = np.median(np.concatenate([rng.choice(groups[g], groups[g].size) for g in drawn]))
+    drawn = rng.integers(0, len(groups), (reps, len(groups)))
+    size = sizes[drawn][..., None]
+    within = np.minimum((rng.random((reps, len(groups), sizes.max())) * size).astype(np.int64), size - 1)
+    sample = np.where(np.arange(sizes.max()) < size, padded[drawn[..., None], within], np.nan)
+    medians = np.nanmedian(sample.reshape(reps, -1), axis=1)
     return float(np.median(x)), float(medians.std(ddof=1))
 
 
