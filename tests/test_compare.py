@@ -73,6 +73,17 @@ def conv50(data: dict) -> list[str]:
             if b["extra_info"]["scope"] == "conv" and b["extra_info"]["rate"] == 0.5]
 
 
+def scale_rounds(data: dict, factor: float, case_ids: list[str] | None = None, base_too: bool = False) -> dict:
+    """Every timed round of the listed cases (default: all) × ``factor``; with ``base_too`` the paired
+    base's rounds as well (the whole machine slower, not the case)."""
+    for b in data["benchmarks"]:
+        if case_ids is None or b["extra_info"]["case_id"] in case_ids:
+            b["stats"]["data"] = [factor * t for t in b["stats"]["data"]]
+            if base_too:
+                b["extra_info"]["base_times_s"] = [factor * t for t in b["extra_info"]["base_times_s"]]
+    return data
+
+
 # ---------------------------------------------------------------- same code, same machine
 
 def test_a_run_against_itself_passes(capsys):
@@ -97,9 +108,7 @@ def test_a_25_percent_slowdown_of_the_conv_cases_is_caught_and_only_those(tmp_pa
     base = with_evidence(fixture(), seed=1)
     slow = with_evidence(fixture(), seed=2)
     targets = conv50(slow)
-    for b in slow["benchmarks"]:
-        if b["extra_info"]["case_id"] in targets:
-            b["stats"]["data"] = [1.25 * t for t in b["stats"]["data"]]
+    scale_rounds(slow, 1.25, targets)
     code, out, _ = run(capsys, write(tmp_path, "a.json", base), write(tmp_path, "b.json", slow))
     flagged = [line.split(":")[0] for line in out.splitlines() if "latency regressed" in line]
     assert code == 1 and sorted(flagged) == sorted(targets)
@@ -109,8 +118,7 @@ def test_a_25_percent_slowdown_of_the_conv_cases_is_caught_and_only_those(tmp_pa
 def test_a_significant_change_within_the_tolerance_is_within_noise(tmp_path, capsys):
     base = with_evidence(fixture(), seed=1)
     slow = with_evidence(fixture(), seed=2)
-    for b in slow["benchmarks"]:
-        b["stats"]["data"] = [1.05 * t for t in b["stats"]["data"]]
+    scale_rounds(slow, 1.05)
     cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "b.json", slow))
     counts = summary_counts(cmp)["latency"]
     assert counts.get("regressed", 0) == 0 and counts.get("within noise", 0) > len(cmp.matched) / 2
@@ -124,8 +132,7 @@ def test_a_significant_change_within_the_tolerance_is_within_noise(tmp_path, cap
 def test_faster_candidate_is_improved_not_regressed(tmp_path, capsys):
     base = with_evidence(fixture(), seed=1)
     fast = with_evidence(fixture(), seed=2)
-    for b in fast["benchmarks"]:
-        b["stats"]["data"] = [0.7 * t for t in b["stats"]["data"]]
+    scale_rounds(fast, 0.7)
     cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "b.json", fast))
     assert cmp.exit_code == 0 and summary_counts(cmp)["latency"] == {"improved": len(cmp.matched)}
 
@@ -134,9 +141,7 @@ def test_speedup_holds_when_the_whole_machine_is_slower(tmp_path, capsys):
     """Both the case and its paired base 40 % slower (another session, a busier host): no change."""
     base = with_evidence(fixture(), seed=1)
     slower = with_evidence(fixture(), seed=2)
-    for b in slower["benchmarks"]:
-        b["stats"]["data"] = [1.4 * t for t in b["stats"]["data"]]
-        b["extra_info"]["base_times_s"] = [1.4 * t for t in b["extra_info"]["base_times_s"]]
+    scale_rounds(slower, 1.4, base_too=True)
     a, b_ = write(tmp_path, "a.json", base), write(tmp_path, "b.json", slower)
     assert run(capsys, a, b_)[0] == 0
     assert run(capsys, a, b_, "--latency-metric", "absolute")[0] == 1  # the absolute metric sees it
@@ -147,8 +152,7 @@ def test_latency_across_machines_is_advisory_unless_asked(tmp_path, capsys):
     other = with_evidence(fixture(), seed=2)
     for b in other["benchmarks"]:
         b["extra_info"].update(cpu_model="Other CPU", device_name="Other CPU")
-        if b["extra_info"]["case_id"] in conv50(other):
-            b["stats"]["data"] = [1.25 * t for t in b["stats"]["data"]]
+    scale_rounds(other, 1.25, conv50(other))
     a, b_ = write(tmp_path, "a.json", base), write(tmp_path, "b.json", other)
     code, out, _ = run(capsys, a, b_)
     assert code == 0 and "latency regressed (advisory)" in out and "the runs come from different machines" in out

@@ -60,11 +60,17 @@ def render(cases: Sequence[CaseCoverage]) -> str:
     rows = [[c.case_id, f"{c.median:.3f}", f"{c.hits}/{len(c.cis)}",
              "  ".join(f"{s:.2f} ({lo:.2f}–{hi:.2f})" for s, (lo, hi) in zip(c.speedups, c.cis))]
             for c in cases]
-    hits, total = sum(c.hits for c in cases), sum(len(c.cis) for c in cases)
+    hits, total = counts(cases)
     table = tabulate(rows, headers=["case", "median over runs", "CIs holding it", "each run: × (95 % CI)"],
                      tablefmt="github")
     return f"{table}\n\ncoverage: {hits}/{total} = {hits / total:.1%} of (case, run) pairs (target ≥ 90 %)\n"
 
 
+def counts(cases: Sequence[CaseCoverage]) -> tuple[int, int]:
+    """(covered, all) (case, run) pairs."""
+    return sum(c.hits for c in cases), sum(len(c.cis) for c in cases)
+
+
 def total_coverage(cases: Sequence[CaseCoverage]) -> float:
-    return sum(c.hits for c in cases) / sum(len(c.cis) for c in cases)
+    hits, total = counts(cases)
+    return hits / total

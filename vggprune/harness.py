@@ -30,7 +30,7 @@ from vggprune.latency import (
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
 from vggprune.stats import correct_interval
-from vggprune.workers import Block, Workers, deployable, model_bytes, split_rounds
+from vggprune.workers import Block, Workers, deployable, model_bytes, split_rounds, timed_pair
 
 
 @dataclass
@@ -229,9 +229,7 @@ class Harness:
             case_model = self._timed_model(self.base, case, copy="twin")
         else:
             case_model = self._timed_model(self.prepared(case.model), case)
-        if case.runtime != DEFAULT_RUNTIME:
-            batch = case_model.adapt(batch)  # the layout the runtime takes without a copy
-        return TimedForward(base_model, batch), TimedForward(case_model, batch)
+        return timed_pair(base_model, case_model, case.runtime, batch)
 
     def size_mb(self, prepared: PreparedModel, runtime: str, device: str) -> float:
         """What a user ships: the state_dict's tensors for eager, the runtime's files otherwise."""
@@ -274,9 +272,10 @@ class Harness:
 
         if case.runtime == "compile":
             refresh = None  # a fresh copy would mean compiling again per block
-        here = split_rounds(self.profile.latency_rounds, self.processes(case))[0]
+        processes = self.processes(case)
+        here = split_rounds(self.profile.latency_rounds, processes)[0]
         return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=self._seed(case),
-                            rounds=here, refresh=refresh, blocks=BLOCKS if self.processes(case) == 1 else 1)
+                            rounds=here, refresh=refresh, blocks=BLOCKS if processes == 1 else 1)
 
     @staticmethod
     def _seed(case: Case, block: int = 0) -> int:

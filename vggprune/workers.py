@@ -58,6 +58,13 @@ def model_from_bytes(data: bytes) -> torch.nn.Module:
     return model_from_payload(torch.load(io.BytesIO(data), weights_only=True), "timing block")
 
 
+def timed_pair(base, case, runtime: str, batch: torch.Tensor) -> tuple[TimedForward, TimedForward]:
+    """(base, case) timed callables on one batch, in the layout the runtime takes without a copy."""
+    if runtime != DEFAULT_RUNTIME:
+        batch = case.adapt(batch)
+    return TimedForward(base, batch), TimedForward(case, batch)
+
+
 @dataclass(frozen=True)
 class Block:
     """One block of a case's paired rounds, everything a worker needs to time it (picklable)."""
@@ -81,10 +88,8 @@ def time_block(block: Block) -> tuple[list[float], list[float]]:
     base, case = (deployable(model_from_bytes(m), block.runtime, block.device, block.memory_format,
                              block.image_size, art)
                   for m, art in ((block.base, block.base_artifacts), (block.case, block.case_artifacts)))
-    batch = make_batch(block.batch_size, block.image_size, block.device, memory_format=block.memory_format)
-    if block.runtime != DEFAULT_RUNTIME:
-        batch = case.adapt(batch)
-    base_forward, case_forward = TimedForward(base, batch), TimedForward(case, batch)
+    base_forward, case_forward = timed_pair(base, case, block.runtime, make_batch(
+        block.batch_size, block.image_size, block.device, memory_format=block.memory_format))
     paired = PairedRounds(base_forward, warmup=block.warmup, seed=block.seed)
     seconds = measure(case_forward, block.rounds, block.warmup, paired=paired)
     return seconds, paired.times()
