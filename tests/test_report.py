@@ -64,6 +64,7 @@ def test_one_row_per_case_with_derived_ratios_from_the_same_device_and_batch():
         assert low <= r["measured_speedup"] <= high
         assert r["theoretical_speedup"] == pytest.approx(r["base_macs"] / r["macs"], rel=1e-3)
         assert r["speedup_ratio"] == pytest.approx(r["measured_speedup"] / r["theoretical_speedup"])
+        assert r["speedup_ratio_ci"] == pytest.approx([low / r["theoretical_speedup"], high / r["theoretical_speedup"]])
         assert r["params_pct"] == pytest.approx(100 * r["params"] / r["base_params"])
         assert r["vs_cpu_speedup"] is None  # a CPU-only run has nothing to compare the CPU with
     assert rows[0]["method"] == "base"  # base first, then the sweep

@@ -173,7 +173,8 @@ def build_rows(cases: Sequence[Tagged]) -> list[Row]:
     """One tidy row per case: its record's summaries plus what needs another case to compute.
 
     ``measured_speedup`` and its CI come from the case's own paired rounds (recorded by the harness);
-    ``speedup_ratio`` is measured over theoretical (1.0 = the MAC count's promise is kept);
+    ``speedup_ratio`` is measured over theoretical (1.0 = the MAC count's promise is kept), with
+    the speed-up's CI scaled by the same exact constant;
     ``deploy_speedup`` is the eager base's median time over this one's (a runtime's gain on top of
     pruning) and ``vs_cpu_speedup`` (accelerator rows only) the partner CPU's over this device's for
     the same case: both compare two timing windows, so their CIs are unpaired (:func:`ratio_of_medians`).
@@ -204,6 +205,9 @@ def build_rows(cases: Sequence[Tagged]) -> list[Row]:
             "params_pct": 100.0 * c["params"] / c["base_params"],
             "accuracy_vs_base": accuracy_vs_base(c, base),
             "speedup_ratio": _ratio(c["measured_speedup"], c["theoretical_speedup"]),
+            # theoretical is exact (MAC counts), so the ratio's CI is the speed-up's, scaled
+            "speedup_ratio_ci": ([_ratio(v, c["theoretical_speedup"]) for v in c["measured_speedup_ci"]]
+                                 if c["measured_speedup_ci"] and c["theoretical_speedup"] else None),
             "deploy_speedup": deploy,
             "deploy_speedup_ci": deploy_ci,
             "vs_cpu_device": partner if cpu_case else None,
@@ -343,7 +347,7 @@ def _latency_cells(r: Row) -> list[str]:
     iqr = [r["latency_q1_ms"], r["latency_q3_ms"]] if r["latency_q1_ms"] is not None else None
     return [with_interval(r["latency_p50_ms"], iqr, "ms"),
             with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x"),
-            fmt_num(r["speedup_ratio"], "x"), marks(r)]
+            with_interval(r["speedup_ratio"], r["speedup_ratio_ci"], "x"), marks(r)]
 
 
 def runtime_tables(rows: Sequence[Row]) -> list[Table]:
@@ -458,10 +462,9 @@ CSV_FIELDS: tuple[str, ...] = (
     "accuracy_vs_base", "accuracy_before_finetune", "accuracy_before_finetune_ci", "top5", "accuracy_reason",
     "base_accuracy", "runtime_agreement", "runtime_max_rel_diff", "rounds", "latency_p50_ms", "latency_q1_ms",
     "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
-    "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "speedup_ratio", "deploy_speedup",
-    "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended", "vs_cpu_device", "vs_cpu_speedup",
-    "vs_cpu_speedup_ci", "test_fingerprint",
-    "weights_sha256", "case_id", "node", "source",
+    "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "speedup_ratio", "speedup_ratio_ci",
+    "deploy_speedup", "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended", "vs_cpu_device",
+    "vs_cpu_speedup", "vs_cpu_speedup_ci", "test_fingerprint", "weights_sha256", "case_id", "node", "source",
 )
 
 
