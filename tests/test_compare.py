@@ -7,6 +7,7 @@ spread) for the latency tests, so a verdict depends on the rule being tested, no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from vggprune.cli import main
 from vggprune.compare import Tolerances, compare_files, summary_counts
 from vggprune.errors import UserError
 from vggprune.latency import summarize
+from vggprune.results import load_run
 from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -25,17 +27,19 @@ GPU = FIXTURES / "run_gpu.json"
 N_TEST = 360
 
 
-def with_evidence(data: dict, seed: int, correct: dict[str, str] | None = None) -> dict:
+def with_evidence(data: dict, seed: int, correct: dict[str, str] | None = None, run_spread: float = 0.0) -> dict:
     """Give every case steady synthetic paired rounds (speed-up = theoretical, 2 % noise) and, optionally,
-    per-image correctness; the summaries are recomputed from them as the harness would."""
+    per-image correctness; the summaries are recomputed from them as the harness would (pruned cases'
+    intervals widened by ``run_spread``)."""
     rng = np.random.default_rng(seed)
     for b in data["benchmarks"]:
         e = b["extra_info"]
         base = 0.01 * np.exp(rng.normal(0, 0.02, 30))
         case = base / e["theoretical_speedup"] * np.exp(rng.normal(0, 0.02, 30))
         b["stats"] = {"data": case.tolist()}
-        e.update(base_times_s=base.tolist(), contended=False,
-                 **summarize(case.tolist(), e["batch_size"], base.tolist()))
+        e.update(base_times_s=base.tolist(), contended=False, schema=3,
+                 **summarize(case.tolist(), e["batch_size"], base.tolist(),
+                             run_spread=0.0 if e["method"] == "base" else run_spread))
         if correct is not None:
             bits = correct.get(e["case_id"], correct["*"])
             k = bits.count("1")
@@ -135,6 +139,44 @@ def test_faster_candidate_is_improved_not_regressed(tmp_path, capsys):
     scale_rounds(fast, 0.7)
     cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "b.json", fast))
     assert cmp.exit_code == 0 and summary_counts(cmp)["latency"] == {"improved": len(cmp.matched)}
+
+
+def test_a_run_whose_host_was_slower_for_the_pruned_models_is_within_the_run_spread(tmp_path, capsys):
+    """Same code; in the candidate every pruned case ran 10 % slower against its base (the run-level
+    shift seen on a shared VM). Runs that record the default run spread (0.05) allow for it: the shift
+    is not significant (z = 0.095 / sqrt(2 · 0.05² + within-run noise) < 1.4). Runs that claim no spread
+    cannot tell it from a regression."""
+    shifted = [b["extra_info"]["case_id"] for b in fixture()["benchmarks"] if b["extra_info"]["method"] != "base"]
+    for spread, code in ((0.05, 0), (0.0, 1)):
+        a = write(tmp_path, "a.json", with_evidence(fixture(), seed=1, run_spread=spread))
+        b_ = write(tmp_path, "b.json", scale_rounds(with_evidence(fixture(), seed=2, run_spread=spread), 1.10, shifted))
+        assert run(capsys, a, b_)[0] == code
+    # compare's --run-spread overrides what the files recorded
+    assert run(capsys, a, b_, "--run-spread", "0.05")[0] == 0
+
+
+def test_with_the_default_run_spread_a_25_percent_slowdown_is_still_caught_and_only_there(tmp_path, capsys):
+    # the difference's SE is about sqrt(2) · 0.05 = 0.071, so log 1.25 = 0.223 is significant (z ≈ 3.1) and
+    # its CI's near end (0.223 - 1.96 · 0.071 = 0.084) lies beyond the 5 % tolerance (log 1.05 = 0.049)
+    base = with_evidence(fixture(), seed=1, run_spread=0.05)
+    slow = with_evidence(fixture(), seed=2, run_spread=0.05)
+    targets = conv50(slow)
+    scale_rounds(slow, 1.25, targets)
+    code, out, _ = run(capsys, write(tmp_path, "a.json", base), write(tmp_path, "b.json", slow))
+    flagged = [line.split(":")[0] for line in out.splitlines() if "latency regressed" in line]
+    assert code == 1 and sorted(flagged) == sorted(targets)
+
+
+def test_files_that_recorded_no_run_spread_get_the_default(tmp_path):
+    from vggprune.compare import _run_spread
+    from vggprune.limits import RUN_SPREAD
+
+    old = load_run(CPU).cases[0]  # schema 2: nothing recorded
+    assert old.run_spread is None
+    new = dataclasses.replace(old, run_spread=0.02)
+    assert _run_spread(old, old, Tolerances()) == RUN_SPREAD
+    assert _run_spread(old, new, Tolerances()) == 0.02
+    assert _run_spread(old, new, Tolerances(run_spread=0.0)) == 0.0
 
 
 def test_speedup_holds_when_the_whole_machine_is_slower(tmp_path, capsys):
@@ -297,6 +339,8 @@ def test_tolerances_are_checked():
         Tolerances(latency_tolerance=-0.1)
     with pytest.raises(UserError, match="--alpha"):
         Tolerances(alpha=1.5)
+    with pytest.raises(UserError, match="--run-spread"):
+        Tolerances(run_spread=-0.01)
     with pytest.raises(UserError, match="--max-accuracy-drop"):
         compare_files(CPU, CPU, Tolerances(max_accuracy_drop=-0.1))
 

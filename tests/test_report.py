@@ -148,6 +148,17 @@ def test_noisy_and_contended_cases_are_marked_and_counted(tmp_path):
     assert marks(flagged[extras()[1]["case_id"]]) == "contended"
 
 
+def test_the_notes_say_when_speed_up_intervals_include_a_run_spread(tmp_path):
+    def spread(data):
+        for b in data["benchmarks"]:
+            b["extra_info"].update(schema=3, run_spread=0.0 if b["extra_info"]["method"] == "base" else 0.05)
+
+    runs, rows = load_rows([variant(tmp_path, spread)])
+    assert "allow for a between-run spread of 0.05 (log-scale SD, `--run-spread`)" in render(runs, rows, "github")
+    runs, rows = load_rows([variant(tmp_path, lambda data: None)])  # schema 2: within-run intervals
+    assert "between-run spread" not in render(runs, rows, "github")
+
+
 def test_accuracy_overlapping_the_base_interval_is_not_significant(tmp_path):
     def edit(data):
         for b in data["benchmarks"]:
@@ -239,9 +250,20 @@ def test_missing_file():
         load_run("no/such/run.json")
 
 
+def test_a_schema_2_file_reads_as_within_run_intervals(tmp_path):
+    def as_schema_2(data):
+        for bench in data["benchmarks"]:
+            bench["extra_info"].update(schema=2)
+            bench["extra_info"].pop("run_spread", None)
+
+    run = load_run(variant(tmp_path, as_schema_2))
+    assert run.cases and {(c.schema, c.run_spread) for c in run.cases} == {(3, 0.0)}
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda e: e.clear(), "first release .no 'schema' field.; regenerate it"),
-    (lambda e: e.update(schema=99), "has results schema 99; this vggprune reads schema 2"),
+    (lambda e: e.update(schema=99), "has results schema 99; this vggprune reads schemas 2..3"),
+    (lambda e: e.update(schema=3), "lacks fields in extra_info: run_spread"),  # schema 3 writes it
     (lambda e: e.pop("latency_p50_ms"), "lacks fields in extra_info: latency_p50_ms"),
     (lambda e: e.update(bogus=1), "unknown fields in extra_info: bogus"),
     (lambda e: e.update(params="912k"), "params has the wrong type"),

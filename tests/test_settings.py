@@ -42,6 +42,11 @@ def test_overrides_and_non_default_axes_show_in_ids():
                                          "quick-by-hand-all-r0.50-l1-x8-cpu-b4"]
 
 
+def test_run_spread_defaults_to_the_calibrated_value_and_zero_means_within_run():
+    assert settings().run_spread == 0.05
+    assert settings(run_spread="0").run_spread == 0.0 and settings(run_spread="0.1").run_spread == 0.1
+
+
 def test_auto_devices_follow_cuda_availability():
     assert settings(devices="auto").devices == ("cpu",)
     assert settings(cuda=True, devices="auto").devices == ("cpu", "cuda")
@@ -60,6 +65,9 @@ def test_auto_devices_follow_cuda_availability():
     ({"latency_rounds": "many"}, "--latency-rounds: 'many' is not a positive integer"),
     ({"memory_format": "nhwc"}, "--memory-format: unknown value nhwc; allowed: channels_last, contiguous"),
     ({"weights": "/no/such/file.pth"}, "--weights: /no/such/file.pth does not exist"),
+    ({"run_spread": "-0.01"}, "--run-spread: '-0.01' is not a number in 0..1"),
+    ({"run_spread": "nan"}, "--run-spread: 'nan' is not a number in 0..1"),
+    ({"run_spread": "wide"}, "--run-spread: 'wide' is not a number in 0..1"),
 ])
 def test_bad_values_name_the_value_and_what_is_allowed(raw, message):
     with pytest.raises(UserError) as info:

@@ -143,6 +143,20 @@ def test_speedup_ci_contains_the_median_and_covers_blocks():
     assert low < 2 * np.exp(-0.04) + 1e-9 and high > 2 * np.exp(0.04) - 1e-9
 
 
+def test_run_spread_adds_a_between_run_term_to_each_side_in_quadrature():
+    from vggprune.stats import paired_speedup
+
+    base = np.full(30, 0.010)
+    case = 0.005 * np.exp(np.repeat([0.0, 0.04, -0.04, 0.08, -0.08], 6))
+    point, (low, high) = paired_speedup(base, case, blocks=5)
+    same, (wlow, whigh) = paired_speedup(base, case, blocks=5, run_spread=0.05)
+    assert same == point
+    z = 1.959963985  # the normal 97.5th percentile
+    for inner, outer in ((np.log(point / low), np.log(point / wlow)), (np.log(high / point), np.log(whigh / point))):
+        assert outer == pytest.approx(np.sqrt(inner**2 + (z * 0.05) ** 2), rel=1e-6)
+    assert paired_speedup(base, case, blocks=5, run_spread=0.0) == (point, (low, high))
+
+
 def test_ratio_of_medians_of_two_timing_windows_covers_the_true_ratio():
     from vggprune.stats import ratio_of_medians
 

@@ -9,6 +9,7 @@ stand-in: for every case, each run's ``measured_speedup_ci`` either contains the
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,10 +26,23 @@ class CaseCoverage:
     median: float
     speedups: list[float]
     cis: list[tuple[float, float]]
+    spreads: list[float]  # each run's run_spread, already inside its CI
 
     @property
     def hits(self) -> int:
         return sum(lo <= self.median <= hi for lo, hi in self.cis)
+
+    def hits_with(self, run_spread: float, z: float) -> int:
+        """How many runs' intervals would hold the median with ``run_spread`` in place of their own."""
+        target, extra = math.log(self.median), (z * run_spread) ** 2
+        hits = 0
+        for s, (lo, hi), own in zip(self.speedups, self.cis, self.spreads):
+            centre, own2 = math.log(s), (z * own) ** 2
+            # each side back to its within-run half-width, then widened again (as stats.widen does)
+            below = math.sqrt(max(0.0, (centre - math.log(lo)) ** 2 - own2) + extra)
+            above = math.sqrt(max(0.0, (math.log(hi) - centre) ** 2 - own2) + extra)
+            hits += centre - below <= target <= centre + above
+        return hits
 
 
 def _selected(record: CaseRecord, scopes: Sequence[str], batch_size: int) -> bool:
@@ -52,7 +66,8 @@ def coverage(runs: Sequence[Run], scopes: Sequence[str] = ("conv", "all"),
         records = [cases[key] for cases in per_run]
         speedups = [r.measured_speedup for r in records]
         out.append(CaseCoverage(records[0].case_id, statistics.median(speedups), speedups,
-                                [tuple(r.measured_speedup_ci) for r in records]))
+                                [tuple(r.measured_speedup_ci) for r in records],
+                                [r.run_spread or 0.0 for r in records]))
     return out
 
 
@@ -63,7 +78,28 @@ def render(cases: Sequence[CaseCoverage]) -> str:
     hits, total = counts(cases)
     table = tabulate(rows, headers=["case", "median over runs", "CIs holding it", "each run: × (95 % CI)"],
                      tablefmt="github")
-    return f"{table}\n\ncoverage: {hits}/{total} = {hits / total:.1%} of (case, run) pairs (target ≥ 90 %)\n"
+    spread, own = needed_spread(cases), sorted({s for c in cases for s in c.spreads})
+    need = (f"more than {MAX_SPREAD}" if spread is None else f"{spread:.3f}")
+    return (f"{table}\n\ncoverage: {hits}/{total} = {hits / total:.1%} of (case, run) pairs (target ≥ 90 %)\n"
+            f"run spread for {TARGET:.0%} coverage: {need} (these intervals allowed "
+            f"{', '.join(f'{s:g}' for s in own)}; set it with --run-spread)\n")
+
+
+TARGET = 0.95  # what a 95 % interval should reach
+MAX_SPREAD = 0.5  # beyond ±100 % at 95 % an interval says nothing
+
+
+def needed_spread(cases: Sequence[CaseCoverage], target: float = TARGET, step: float = 0.001) -> float | None:
+    """The smallest run spread (log-scale SD, to ``step``) whose widened intervals reach ``target``
+    coverage; None if even MAX_SPREAD does not."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.975))
+    total = sum(len(c.cis) for c in cases)
+    for i in range(round(MAX_SPREAD / step) + 1):
+        if sum(c.hits_with(i * step, z) for c in cases) >= target * total:
+            return round(i * step, 6)
+    return None
 
 
 def counts(cases: Sequence[CaseCoverage]) -> tuple[int, int]:

@@ -35,6 +35,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     tol = Tolerances(max_accuracy_drop=args.max_accuracy_drop, latency_tolerance=args.latency_tolerance,
                      alpha=args.alpha, latency_metric=args.latency_metric, check_latency=not args.no_latency,
+                     run_spread=args.run_spread,
                      gate_across_machines=args.gate_across_machines, fail_on_missing=args.fail_on_missing)
     result = compare_files(args.baseline, args.candidate, tol)
     sys.stdout.write(render_comparison(result, args.format))
@@ -74,8 +75,11 @@ def register(sub) -> None:
     p.add_argument("candidate", metavar="CANDIDATE.json")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="top-1 tolerance: a significant drop must exceed this fraction (default 0.01 = 1 point)")
-    p.add_argument("--latency-tolerance", type=float, default=0.10,
-                   help="a significant speed-up (or latency) change must exceed this fraction (default 0.10)")
+    p.add_argument("--latency-tolerance", type=float, default=0.05,
+                   help="a significant speed-up (or latency) change must exceed this fraction (default 0.05)")
+    p.add_argument("--run-spread", type=float, default=None,
+                   help="between-run SD (log scale) each run's speed-up may carry (default: the larger the two "
+                        "runs recorded, 0.05 for files that recorded none); `vggprune calibration` measures it")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of every test (default 0.05)")
     p.add_argument("--latency-metric", choices=("speedup", "absolute"), default="speedup",
                    help="speedup (default): against each run's own base, valid across sessions; absolute: "

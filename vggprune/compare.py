@@ -10,9 +10,10 @@ confidence interval must lie beyond the tolerance):
 - latency: by default the speed-up against each run's own base, from the per-round log-ratios of the
   paired rounds: a Welch-style test of the two medians, each with its standard error from a two-stage
   bootstrap over the run's blocks of rounds (each block ran on fresh copies of the models, so what
-  varies between memory placements, and so between processes, counts as noise), which holds across
-  processes and sessions; ``absolute`` compares the case's own rounds, and only between runs of one
-  machine.
+  varies between memory placements, and so between processes, counts as noise) and a run effect of
+  SD ``run_spread`` per run (what the host's state shifts between runs, which no run sees from
+  inside), which holds across processes and sessions; ``absolute`` compares the case's own rounds,
+  and only between runs of one machine.
 
 Runs from different machines (CPU model, GPU, threads) cannot be judged on latency, and trained
 weights that differ on a different CPU type explain accuracy differences by themselves: such verdicts
@@ -30,6 +31,7 @@ import numpy as np
 from tabulate import tabulate
 
 from vggprune.errors import UserError
+from vggprune.limits import RUN_SPREAD
 from vggprune.report import row_order
 from vggprune.results import CaseRecord, Run, load_run
 from vggprune.stats import change_test, log_ratios, mcnemar_exact
@@ -42,7 +44,10 @@ LATENCY_METRICS = ("speedup", "absolute")
 @dataclass(frozen=True)
 class Tolerances:
     max_accuracy_drop: float = 0.01  # absolute top-1 fraction: 0.01 = one percentage point
-    latency_tolerance: float = 0.10  # a speed-up (or latency) change must exceed 10 % to count
+    latency_tolerance: float = 0.05  # a speed-up (or latency) change must exceed 5 % to count
+    # between-run SD (log scale) of a speed-up; None: the larger of the two runs' recorded run_spread,
+    # or the harness default for files that recorded none (schema 2)
+    run_spread: float | None = None
     alpha: float = 0.05
     latency_metric: str = "speedup"
     check_latency: bool = True
@@ -53,7 +58,9 @@ class Tolerances:
         if not 0 <= self.max_accuracy_drop <= 1:
             raise UserError(f"--max-accuracy-drop is a top-1 fraction in [0, 1], got {self.max_accuracy_drop}")
         if not 0 <= self.latency_tolerance < 10:
-            raise UserError(f"--latency-tolerance is a fraction (0.10 = 10 %), got {self.latency_tolerance}")
+            raise UserError(f"--latency-tolerance is a fraction (0.05 = 5 %), got {self.latency_tolerance}")
+        if self.run_spread is not None and not 0 <= self.run_spread <= 1:
+            raise UserError(f"--run-spread is a log-scale standard deviation in [0, 1], got {self.run_spread}")
         if not 0 < self.alpha < 1:
             raise UserError(f"--alpha must be in (0, 1), got {self.alpha}")
         if self.latency_metric not in LATENCY_METRICS:
@@ -189,6 +196,7 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
         before, after = log_ratios(b.base_times_s, b.times_s), log_ratios(c.base_times_s, c.times_s)
         what = (f"speed-up {math.exp(float(np.median(before))):.2f} → {math.exp(float(np.median(after))):.2f}")
         advisory = not tol.gate_across_machines and not _same_machine(b, c)
+        spread = _run_spread(b, c, tol)
     else:
         if len(b.times_s) < 2 or len(c.times_s) < 2:
             return Verdict("latency", NOT_COMPARED, "no rounds (stats.data) in both runs")
@@ -197,8 +205,8 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
         # Faster = positive, as for speed-ups: compare minus log-times.
         before, after = -np.log(b.times_s), -np.log(c.times_s)
         what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
-        advisory = False
-    test = change_test(before, after, b.blocks, c.blocks)
+        advisory, spread = False, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
+    test = change_test(before, after, b.blocks, c.blocks, run_spread=spread)
     threshold = math.log1p(tol.latency_tolerance)
     verdict = _classify(test.p_value < tol.alpha, test.low, test.high, threshold)
     change, low, high = (math.expm1(v) for v in (test.shift, test.low, test.high))
@@ -206,6 +214,14 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
     if advisory and verdict in (REGRESSED, IMPROVED):
         detail += "; advisory: different machines"
     return Verdict("latency", verdict, detail, advisory, change, low, high, test.p_value)
+
+
+def _run_spread(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> float:
+    """Each run's speed-up carries its own run effect (vggprune.stats.widen): the SD the test allows for."""
+    if tol.run_spread is not None:
+        return tol.run_spread
+    recorded = [s for s in (b.run_spread, c.run_spread) if s is not None]
+    return max(recorded) if recorded else RUN_SPREAD
 
 
 def compare_case(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> CaseComparison:

@@ -273,9 +273,10 @@ class CpuWatch:
 # ---------------------------------------------------------------- summaries
 
 def summarize(seconds: list[float], batch_size: int, base_seconds: list[float] | None = None,
-              gpu_ms: list[float] | None = None, blocks: int = 1) -> dict:
+              gpu_ms: list[float] | None = None, blocks: int = 1, run_spread: float = 0.0) -> dict:
     """The latency fields of a case record: quartiles in ms, noise (IQR/median), images/s at the
-    median, and with the paired base rounds the speed-up and its 95 % CI."""
+    median, and with the paired base rounds the speed-up and its 95 % CI (widened by ``run_spread``,
+    see :func:`vggprune.stats.widen`)."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     if ms.size == 0:
         return {"rounds": 0, "blocks": blocks, "latency_p50_ms": None, "latency_q1_ms": None, "latency_q3_ms": None,
@@ -293,7 +294,7 @@ def summarize(seconds: list[float], batch_size: int, base_seconds: list[float] |
         "base_latency_p50_ms": None, "measured_speedup": None, "measured_speedup_ci": None,
     }
     if base_seconds:
-        speedup, (low, high) = paired_speedup(base_seconds, seconds, blocks)
-        out.update(base_latency_p50_ms=round(float(np.median(base_seconds)) * 1e3, 4),
+        speedup, (low, high) = paired_speedup(base_seconds, seconds, blocks, run_spread=run_spread)
+        out.update(run_spread=run_spread, base_latency_p50_ms=round(float(np.median(base_seconds)) * 1e3, 4),
                    measured_speedup=round(speedup, 4), measured_speedup_ci=[round(low, 4), round(high, 4)])
     return out

@@ -434,6 +434,11 @@ def timing_notes(rows: Sequence[Row]) -> list[str]:
                      f"(up to {worst:.2f} cores; marked `contended`): their latency is not a quiet machine's")
     if noisy:
         notes.append(f"{len(noisy)} of {len(timed)} case(s) are `noisy`: IQR/median above 10 %")
+    spreads = sorted({r["run_spread"] for r in timed if r["run_spread"]})
+    if spreads:
+        notes.append(f"pruned cases' `×` intervals allow for a between-run spread of {' / '.join(map(str, spreads))} "
+                     f"(log-scale SD, `--run-spread`): they hold what another run on this machine would give, "
+                     f"not only this run's rounds")
     return notes
 
 
@@ -462,9 +467,10 @@ CSV_FIELDS: tuple[str, ...] = (
     "accuracy_vs_base", "accuracy_before_finetune", "accuracy_before_finetune_ci", "top5", "accuracy_reason",
     "base_accuracy", "runtime_agreement", "runtime_max_rel_diff", "rounds", "latency_p50_ms", "latency_q1_ms",
     "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
-    "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "speedup_ratio", "speedup_ratio_ci",
-    "deploy_speedup", "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended", "vs_cpu_device",
-    "vs_cpu_speedup", "vs_cpu_speedup_ci", "test_fingerprint", "weights_sha256", "case_id", "node", "source",
+    "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "run_spread", "speedup_ratio",
+    "speedup_ratio_ci", "deploy_speedup", "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended",
+    "vs_cpu_device", "vs_cpu_speedup", "vs_cpu_speedup_ci", "test_fingerprint", "weights_sha256", "case_id", "node",
+    "source",
 )
 
 

@@ -20,7 +20,11 @@ from typing import Any
 from vggprune.errors import UserError
 from vggprune.identity import BASE_METHOD, KEY_FIELDS, Case
 
-SCHEMA = 2  # bump when a field changes meaning or a required field is added
+SCHEMA = 3  # bump when a field changes meaning or a required field is added
+# Fields a newer schema added, with the value that states what an older file meant. Schema 3: the
+# speed-up interval may include a between-run term (run_spread); a schema-2 interval was within-run
+# and the file says nothing about its machine's spread (None).
+ADDED = {3: {"run_spread": None}}
 NOISY = 0.10  # IQR/median above this marks a case noisy (torch.utils.benchmark warns at the same level)
 CONTENDED = 0.10  # other processes' CPU use, in cores, during the timing window, above which a case is marked
 
@@ -95,6 +99,9 @@ class CaseRecord:
     base_latency_p50_ms: float | None = _range(0, open_low=True, default=None)
     measured_speedup: float | None = _range(0, open_low=True, default=None)  # median of per-round ratios
     measured_speedup_ci: list[float] | None = _range(0, open_low=True, default=None)
+    # the between-run standard deviation (log scale) added to measured_speedup_ci; 0 = within-run only,
+    # None = not recorded (schema 2: within-run)
+    run_spread: float | None = _range(0, 1, default=None)
     noisy: bool = False
     # was the machine quiet while this case was timed?
     other_cpu_cores: float | None = _range(0, default=None)  # CPU used by other processes / wall time
@@ -129,8 +136,13 @@ class CaseRecord:
         if version is None:
             raise UserError(f"{where} was written by vggprune's first release (no 'schema' field); "
                             f"regenerate it with `pytest bench/ --benchmark-json=...`")
-        if version != SCHEMA:
-            raise UserError(f"{where} has results schema {version!r}; this vggprune reads schema {SCHEMA}")
+        if version not in range(2, SCHEMA + 1) or isinstance(version, bool):
+            raise UserError(f"{where} has results schema {version!r}; this vggprune reads schemas 2..{SCHEMA}")
+        extra = dict(extra)
+        for later in range(version + 1, SCHEMA + 1):  # an older file: what its missing fields meant
+            for name, value in ADDED.get(later, {}).items():
+                extra.setdefault(name, value)
+        extra["schema"] = SCHEMA
         known = {f.name for f in fields(cls)} - {"times_s"}
         unknown = sorted(set(extra) - known)
         if unknown:

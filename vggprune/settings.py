@@ -22,9 +22,11 @@ from vggprune.limits import (
     MAX_ROUNDS,
     MAX_SEED,
     MIN_IMAGE,
+    RUN_SPREAD,
     TIMING_PROCESSES,
     available_cores,
     check_batch_fits,
+    float_in_range,
     inference_bytes_per_image,
     int_in_range,
     max_threads,
@@ -52,6 +54,7 @@ class RunSettings:
     use_cache: bool = True
     threads: int = 1
     processes: int = 1  # processes a CPU case's rounds are timed in; 1 = no worker processes
+    run_spread: float = RUN_SPREAD  # between-run SD (log scale) the speed-up intervals allow for
     memory_format: str = "channels_last"
     # None: the caller (bench/conftest.py) supplies its committed files; the library never guesses.
     thresholds_file: Path | None = None
@@ -237,6 +240,8 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
         threads=threads,
         processes=(int_in_range("--timing-processes", raw["timing_processes"], 1, MAX_PROCESSES)
                    if raw.get("timing_processes") else TIMING_PROCESSES),
+        run_spread=(float_in_range("--run-spread", raw["run_spread"], 0.0, 1.0)
+                    if raw.get("run_spread") not in (None, "") else RUN_SPREAD),
         memory_format=_choice("--memory-format", str(raw.get("memory_format") or "channels_last"),
                               MEMORY_FORMATS),
         thresholds_file=existing_file("--thresholds", raw.get("thresholds")),
