@@ -167,6 +167,27 @@ def test_with_the_default_run_spread_a_25_percent_slowdown_is_still_caught_and_o
     assert code == 1 and sorted(flagged) == sorted(targets)
 
 
+def test_one_case_significant_alone_is_not_a_discovery_among_many(tmp_path):
+    """Dozens of cases per comparison: a lone p around 0.01 is what chance gives every few comparisons.
+    Significance is judged after Benjamini–Hochberg over the compared cases; a regression of several
+    cases at once is still found."""
+    base = with_evidence(fixture(), seed=1, run_spread=0.05)
+    one = with_evidence(fixture(), seed=2, run_spread=0.05)
+    target = conv50(one)[:1]
+    scale_rounds(one, 1.20, target)
+    no_tolerance = Tolerances(latency_tolerance=0.0)
+    cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "b.json", one), no_tolerance)
+    lat = {m.case_id: m.verdict("latency") for m in cmp.matched}
+    p = sorted(v.p_value for v in lat.values())
+    assert lat[target[0]].p_value == p[0] < 0.05  # alone it would be significant...
+    assert p[0] * len(p) > 0.05  # ...but not after BH's m / rank (its rank is 1)
+    assert lat[target[0]].verdict == "no change" and cmp.exit_code == 0
+    every = with_evidence(fixture(), seed=2, run_spread=0.05)
+    scale_rounds(every, 1.25, conv50(every))
+    cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "c.json", every), no_tolerance)
+    assert sorted(m.case_id for m in cmp.matched if m.verdict("latency").verdict == "regressed") == sorted(conv50(every))
+
+
 def test_files_that_recorded_no_run_spread_get_the_default(tmp_path):
     from vggprune.compare import _run_spread
     from vggprune.limits import RUN_SPREAD

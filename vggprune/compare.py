@@ -12,8 +12,9 @@ confidence interval must lie beyond the tolerance):
   bootstrap over the run's blocks of rounds (each block ran on fresh copies of the models, so what
   varies between memory placements, and so between processes, counts as noise) and a run effect of
   SD ``run_spread`` per run (what the host's state shifts between runs, which no run sees from
-  inside), which holds across processes and sessions; ``absolute`` compares the case's own rounds,
-  and only between runs of one machine.
+  inside), which holds across processes and sessions; significance is judged on Benjamini–Hochberg
+  adjusted p-values over all the compared cases, since one comparison makes dozens of tests;
+  ``absolute`` compares the case's own rounds, and only between runs of one machine.
 
 Runs from different machines (CPU model, GPU, threads) cannot be judged on latency, and trained
 weights that differ on a different CPU type explain accuracy differences by themselves: such verdicts
@@ -207,13 +208,29 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
         what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
         advisory, spread = False, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
     test = change_test(before, after, b.blocks, c.blocks, run_spread=spread)
-    threshold = math.log1p(tol.latency_tolerance)
-    verdict = _classify(test.p_value < tol.alpha, test.low, test.high, threshold)
     change, low, high = (math.expm1(v) for v in (test.shift, test.low, test.high))
     detail = f"{what} ({100 * change:+.1f} %, 95 % CI {100 * low:+.1f} to {100 * high:+.1f} %, p={test.p_value:.2g})"
-    if advisory and verdict in (REGRESSED, IMPROVED):
-        detail += "; advisory: different machines"
-    return Verdict("latency", verdict, detail, advisory, change, low, high, test.p_value)
+    # judged by _judge_latency, once every case's p-value is known
+    return Verdict("latency", NOT_COMPARED, detail, advisory, change, low, high, test.p_value)
+
+
+def _judge_latency(verdicts: list[Verdict], tol: Tolerances) -> None:
+    """Classify every compared case's latency at once. One comparison tests dozens of cases, so an
+    isolated p of 0.004 turns up by chance every few comparisons: significance is judged on
+    Benjamini–Hochberg adjusted p-values (false discovery rate α over the cases), which a real
+    regression, moving several cases at once or one case far, still clears."""
+    from scipy.stats import false_discovery_control
+
+    tested = [v for v in verdicts if v.p_value is not None]
+    if not tested:
+        return
+    threshold = math.log1p(tol.latency_tolerance)
+    adjusted = false_discovery_control([v.p_value for v in tested], method="bh")
+    for v, q in zip(tested, adjusted):
+        v.verdict = _classify(q < tol.alpha, math.log1p(v.low), math.log1p(v.high), threshold)
+        v.detail = v.detail[:-1] + f", adjusted {q:.2g})"
+        if v.advisory and v.verdict in (REGRESSED, IMPROVED):
+            v.detail += "; advisory: different machines"
 
 
 def _run_spread(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> float:
@@ -249,6 +266,7 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -
         if not _same_machine(b, c):
             machines.add((b.device, f"{b.device_name} ({b.cpu_model}, {b.threads} threads, {b.memory_format})",
                           f"{c.device_name} ({c.cpu_model}, {c.threads} threads, {c.memory_format})"))
+    _judge_latency([v for m in result.matched if (v := m.verdict("latency"))], tol)
     result.only_baseline = [base_cases[k] for k in base_cases if k not in cand_cases]
     result.only_candidate = [cand_cases[k] for k in cand_cases if k not in base_cases]
     for device, before, after in sorted(machines):
