@@ -35,7 +35,7 @@ from vggprune.errors import UserError
 from vggprune.limits import RUN_SPREAD
 from vggprune.report import row_order
 from vggprune.results import CaseRecord, Run, load_run
-from vggprune.stats import change_test, log_ratios, mcnemar_exact
+from vggprune.stats import Change, change_test, log_ratios, mcnemar_exact
 
 REGRESSED, IMPROVED, WITHIN_NOISE, NO_CHANGE, NOT_COMPARED = (
     "regressed", "improved", "within noise", "no change", "not compared")
@@ -81,6 +81,7 @@ class Verdict:
     low: float | None = None
     high: float | None = None
     p_value: float | None = None
+    p_adjusted: float | None = None  # latency: Benjamini–Hochberg over the compared cases, what is judged
 
     @property
     def fails(self) -> bool:
@@ -190,7 +191,17 @@ def _accuracy(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
     return Verdict("top-1", verdict, detail, advisory, 100 * change, None, None, p)
 
 
-def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
+@dataclass(frozen=True)
+class LatencyTest:
+    """One case's latency change, tested but not yet judged: judging needs every case's p-value."""
+
+    what: str  # "speed-up 1.95 → 1.56" or "p50 … → … ms"
+    advisory: bool
+    test: Change
+
+
+def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Verdict:
+    """The case's latency change with its test, or a not-compared verdict saying why not."""
     if tol.latency_metric == "speedup":
         if len(b.base_times_s) < 2 or len(c.base_times_s) < 2 or not b.times_s or not c.times_s:
             return Verdict("latency", NOT_COMPARED, "no paired rounds (stats.data and base_times_s) in both runs")
@@ -207,30 +218,33 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
         before, after = -np.log(b.times_s), -np.log(c.times_s)
         what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
         advisory, spread = False, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
-    test = change_test(before, after, b.blocks, c.blocks, run_spread=spread)
-    change, low, high = (math.expm1(v) for v in (test.shift, test.low, test.high))
-    detail = f"{what} ({100 * change:+.1f} %, 95 % CI {100 * low:+.1f} to {100 * high:+.1f} %, p={test.p_value:.2g})"
-    # judged by _judge_latency, once every case's p-value is known
-    return Verdict("latency", NOT_COMPARED, detail, advisory, change, low, high, test.p_value)
+    return LatencyTest(what, advisory, change_test(before, after, b.blocks, c.blocks, run_spread=spread))
 
 
-def _judge_latency(verdicts: list[Verdict], tol: Tolerances) -> None:
-    """Classify every compared case's latency at once. One comparison tests dozens of cases, so an
-    isolated p of 0.004 turns up by chance every few comparisons: significance is judged on
-    Benjamini–Hochberg adjusted p-values (false discovery rate α over the cases), which a real
-    regression, moving several cases at once or one case far, still clears."""
+def _judge_latency(tests: list[LatencyTest | Verdict], tol: Tolerances) -> list[Verdict]:
+    """Every case's latency verdict, judged at once. One comparison tests dozens of cases, so a lone
+    p of 0.004 turns up by chance every few comparisons: significance is judged on Benjamini–Hochberg
+    adjusted p-values (false discovery rate α over the cases), which a real regression, moving several
+    cases at once or one case far, still clears."""
     from scipy.stats import false_discovery_control
 
-    tested = [v for v in verdicts if v.p_value is not None]
-    if not tested:
-        return
+    tested = [t for t in tests if isinstance(t, LatencyTest)]
+    adjusted = iter(false_discovery_control([t.test.p_value for t in tested], method="bh") if tested else [])
     threshold = math.log1p(tol.latency_tolerance)
-    adjusted = false_discovery_control([v.p_value for v in tested], method="bh")
-    for v, q in zip(tested, adjusted):
-        v.verdict = _classify(q < tol.alpha, math.log1p(v.low), math.log1p(v.high), threshold)
-        v.detail = v.detail[:-1] + f", adjusted {q:.2g})"
-        if v.advisory and v.verdict in (REGRESSED, IMPROVED):
-            v.detail += "; advisory: different machines"
+    verdicts = []
+    for t in tests:
+        if isinstance(t, Verdict):
+            verdicts.append(t)
+            continue
+        q = float(next(adjusted))
+        verdict = _classify(q < tol.alpha, t.test.low, t.test.high, threshold)
+        change, low, high = (math.expm1(v) for v in (t.test.shift, t.test.low, t.test.high))
+        detail = (f"{t.what} ({100 * change:+.1f} %, 95 % CI {100 * low:+.1f} to {100 * high:+.1f} %, "
+                  f"p={t.test.p_value:.2g}, adjusted {q:.2g})")
+        if t.advisory and verdict in (REGRESSED, IMPROVED):
+            detail += "; advisory: different machines"
+        verdicts.append(Verdict("latency", verdict, detail, t.advisory, change, low, high, t.test.p_value, q))
+    return verdicts
 
 
 def _run_spread(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> float:
@@ -239,13 +253,6 @@ def _run_spread(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> float:
         return tol.run_spread
     recorded = [s for s in (b.run_spread, c.run_spread) if s is not None]
     return max(recorded) if recorded else RUN_SPREAD
-
-
-def compare_case(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> CaseComparison:
-    verdicts = [_sizes(b, c), _accuracy(b, c, tol)]
-    if tol.check_latency:
-        verdicts.append(_latency(b, c, tol))
-    return CaseComparison(b, c, verdicts)
 
 
 def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -> Comparison:
@@ -259,14 +266,14 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances | None = None) -
                         f"are they runs of the same profile and axes?")
     result = Comparison(tolerances=tol)
     by_order = sorted(common, key=lambda k: row_order(cand_cases[k].case.fields()))
+    pairs = [(base_cases[k], cand_cases[k]) for k in by_order]
+    latency = _judge_latency([_latency(b, c, tol) for b, c in pairs], tol) if tol.check_latency else []
     machines = set()
-    for key in by_order:
-        b, c = base_cases[key], cand_cases[key]
-        result.matched.append(compare_case(b, c, tol))
+    for i, (b, c) in enumerate(pairs):
+        result.matched.append(CaseComparison(b, c, [_sizes(b, c), _accuracy(b, c, tol), *latency[i:i + 1]]))
         if not _same_machine(b, c):
             machines.add((b.device, f"{b.device_name} ({b.cpu_model}, {b.threads} threads, {b.memory_format})",
                           f"{c.device_name} ({c.cpu_model}, {c.threads} threads, {c.memory_format})"))
-    _judge_latency([v for m in result.matched if (v := m.verdict("latency"))], tol)
     result.only_baseline = [base_cases[k] for k in base_cases if k not in cand_cases]
     result.only_candidate = [cand_cases[k] for k in cand_cases if k not in base_cases]
     for device, before, after in sorted(machines):
@@ -296,7 +303,8 @@ def _cell(v: Verdict | None) -> str:
     if v.aspect == "top-1" and v.estimate is not None:
         figure = f" {v.estimate:+.2f} pp" + (f", p={v.p_value:.2g}" if v.p_value is not None else "")
     elif v.aspect == "latency" and v.estimate is not None:
-        figure = f" {100 * v.estimate:+.1f} % ({100 * v.low:+.1f}…{100 * v.high:+.1f}), p={v.p_value:.2g}"
+        figure = (f" {100 * v.estimate:+.1f} % ({100 * v.low:+.1f}…{100 * v.high:+.1f}), p={v.p_value:.2g}"
+                  f" (adj. {v.p_adjusted:.2g})")
     else:
         figure = ""
     return f"{v.verdict}{mark}{figure}"
@@ -309,7 +317,8 @@ def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
             "regressions": cmp.regressions,
             "cases": [{"case_id": m.case_id, **m.candidate.case.fields(), "fails": m.fails,
                        "verdicts": [{k: getattr(v, k) for k in ("aspect", "verdict", "detail", "advisory",
-                                                                  "estimate", "low", "high", "p_value")}
+                                                                  "estimate", "low", "high", "p_value",
+                                                                  "p_adjusted")}
                                     for v in m.verdicts]} for m in cmp.matched],
             "only_baseline": [c.case_id for c in cmp.only_baseline],
             "only_candidate": [c.case_id for c in cmp.only_candidate],
