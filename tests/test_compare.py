@@ -38,8 +38,7 @@ def with_evidence(data: dict, seed: int, correct: dict[str, str] | None = None, 
         case = base / e["theoretical_speedup"] * np.exp(rng.normal(0, 0.02, 30))
         b["stats"] = {"data": case.tolist()}
         e.update(base_times_s=base.tolist(), contended=False, schema=3,
-                 **summarize(case.tolist(), e["batch_size"], base.tolist(),
-                             run_spread=0.0 if e["method"] == "base" else run_spread))
+                 **summarize(case.tolist(), e["batch_size"], base.tolist(), run_spread=run_spread))
         if correct is not None:
             bits = correct.get(e["case_id"], correct["*"])
             k = bits.count("1")
@@ -187,6 +186,18 @@ def test_one_case_significant_alone_is_not_a_discovery_among_many(tmp_path):
     cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "c.json", every), no_tolerance)
     regressed = [m.case_id for m in cmp.matched if m.verdict("latency").verdict == "regressed"]
     assert sorted(regressed) == sorted(conv50(every))
+
+
+def test_a_shifted_a_a_check_is_reported_but_does_not_fail(tmp_path, capsys):
+    # the base's speed-up is the base against its own twin: a shift there says the timing moved
+    base = with_evidence(fixture(), seed=1)
+    shifted = with_evidence(fixture(), seed=2)
+    aa = [b["extra_info"]["case_id"] for b in shifted["benchmarks"] if b["extra_info"]["method"] == "base"]
+    scale_rounds(shifted, 1.25, aa)
+    code, out, _ = run(capsys, write(tmp_path, "a.json", base), write(tmp_path, "b.json", shifted))
+    assert code == 0
+    assert all(f"{case}: latency regressed (advisory)" in out for case in aa)
+    assert "advisory: the base against its twin (A/A) measures the timing, not a model" in out
 
 
 def test_files_that_recorded_no_run_spread_get_the_default(tmp_path):

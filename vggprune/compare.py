@@ -196,7 +196,7 @@ class LatencyTest:
     """One case's latency change, tested but not yet judged: judging needs every case's p-value."""
 
     what: str  # "speed-up 1.95 → 1.56" or "p50 … → … ms"
-    advisory: bool
+    advisory: str | None  # why a regression here must not fail the comparison, if it must not
     test: Change
 
 
@@ -207,7 +207,11 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Ver
             return Verdict("latency", NOT_COMPARED, "no paired rounds (stats.data and base_times_s) in both runs")
         before, after = log_ratios(b.base_times_s, b.times_s), log_ratios(c.base_times_s, c.times_s)
         what = (f"speed-up {math.exp(float(np.median(before))):.2f} → {math.exp(float(np.median(after))):.2f}")
-        advisory = not tol.gate_across_machines and not _same_machine(b, c)
+        advisory = None
+        if not tol.gate_across_machines and not _same_machine(b, c):
+            advisory = "different machines"
+        elif c.is_base:  # the base's "speed-up" is its A/A pair: it checks the harness, not a model
+            advisory = "the base against its twin (A/A) measures the timing, not a model"
         spread = _run_spread(b, c, tol)
     else:
         if len(b.times_s) < 2 or len(c.times_s) < 2:
@@ -217,7 +221,7 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Ver
         # Faster = positive, as for speed-ups: compare minus log-times.
         before, after = -np.log(b.times_s), -np.log(c.times_s)
         what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
-        advisory, spread = False, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
+        advisory, spread = None, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
     return LatencyTest(what, advisory, change_test(before, after, b.blocks, c.blocks, run_spread=spread))
 
 
@@ -242,8 +246,9 @@ def _judge_latency(tests: list[LatencyTest | Verdict], tol: Tolerances) -> list[
         detail = (f"{t.what} ({100 * change:+.1f} %, 95 % CI {100 * low:+.1f} to {100 * high:+.1f} %, "
                   f"p={t.test.p_value:.2g}, adjusted {q:.2g})")
         if t.advisory and verdict in (REGRESSED, IMPROVED):
-            detail += "; advisory: different machines"
-        verdicts.append(Verdict("latency", verdict, detail, t.advisory, change, low, high, t.test.p_value, q))
+            detail += f"; advisory: {t.advisory}"
+        verdicts.append(Verdict("latency", verdict, detail, t.advisory is not None, change, low, high,
+                                t.test.p_value, q))
     return verdicts
 
 

@@ -363,9 +363,7 @@ class Harness:
             other_cpu_cores=watch.other_cores if watch else None,
             loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
             times_s=list(seconds),
-            # the base's A/A pair is the same model twice: no run can shift one against the other
-            **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks,
-                        run_spread=0.0 if key.is_base else self.settings.run_spread),
+            **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks, run_spread=self.settings.run_spread),
         )
         self.timed.append(record)
         return record

@@ -21,7 +21,7 @@ MAX_BATCH = 65_536
 # JIT-compiles oneDNN kernels for every new model), so it is opt-in.
 TIMING_PROCESSES = 1
 MAX_PROCESSES = 32
-# The between-run standard deviation (log scale) a pruned case's speed-up interval allows for
+# The between-run standard deviation (log scale) every speed-up interval allows for
 # (vggprune.stats.widen). Measured with `vggprune calibration` on six sets of 5 quick-profile runs on a
 # 2-core cloud VM: the sets needed 0, 0, 0.009, 0.044, 0.045 and 0.049 for their intervals to hold the
 # 5-run median 95 % of the time (within-run intervals alone held it 67-96 %). 0.05 covers all six.

@@ -70,7 +70,7 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
                                         "blocks on fresh model copies); N > 1: this one plus N-1 fresh worker "
                                         "processes, one block each, so the CI covers process-to-process "
                                         "differences (pyperf's approach; 5 costs about 30 s more on quick)"),
-    Option("--run-spread", VALUE, "between-run standard deviation (log scale) a pruned case's speed-up "
+    Option("--run-spread", VALUE, "between-run standard deviation (log scale) every speed-up "
                                   "interval allows for, 0..1 (default 0.05; 0 = within this run only); "
                                   "`vggprune calibration` measures your machine's"),
     Option("--thresholds", PATH, "accuracy gates file (default: the harness's bench/thresholds.json)"),

@@ -436,7 +436,7 @@ def timing_notes(rows: Sequence[Row]) -> list[str]:
         notes.append(f"{len(noisy)} of {len(timed)} case(s) are `noisy`: IQR/median above 10 %")
     spreads = sorted({r["run_spread"] for r in timed if r["run_spread"]})
     if spreads:
-        notes.append(f"pruned cases' `×` intervals allow for a between-run spread of {' / '.join(map(str, spreads))} "
+        notes.append(f"`×` intervals allow for a between-run spread of {' / '.join(map(str, spreads))} "
                      f"(log-scale SD, `--run-spread`): they hold what another run on this machine would give, "
                      f"not only this run's rounds")
     return notes
