@@ -42,3 +42,19 @@ def test_workers_are_other_processes_and_time_each_block_in_turn():
         workers.close()
     assert [len(case) for case, _ in results] == [3, 2, 4] == [len(base) for _, base in results]
     assert workers.pids == []  # closed: nothing left running
+
+
+def test_fresh_copies_take_turns_being_made_first():
+    from vggprune.workers import in_turn
+
+    calls = []
+
+    def maker(name: str):
+        return lambda: calls.append(name) or f"{name} copy"
+    for turn in range(5):  # five blocks
+        # whatever the order, each result lands in its maker's place
+        assert in_turn([maker("base"), maker("case")], turn) == ["base copy", "case copy"]
+    assert calls[::2] == ["base", "case", "base", "case", "base"]  # who went first, block by block
+    calls.clear()
+    in_turn([maker("base"), maker("case")], 7)
+    assert calls == ["case", "base"]

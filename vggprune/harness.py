@@ -9,6 +9,7 @@ cases model-major.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import zlib
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from vggprune.latency import (
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
 from vggprune.stats import correct_interval
-from vggprune.workers import Block, Workers, deployable, model_bytes, split_rounds, timed_pair
+from vggprune.workers import Block, Workers, deployable, in_turn, model_bytes, split_rounds, timed_pair
 
 
 @dataclass
@@ -256,19 +257,27 @@ class Harness:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``, for this process's
         share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
         Each block of rounds runs on fresh copies of both models (new sessions in ONNX Runtime and
-        OpenVINO; see PairedRounds); the earlier copies stay allocated until the case is done, so the
-        new ones land elsewhere in memory. With workers, this process times one block and each
-        worker one more (:meth:`time_elsewhere`)."""
+        OpenVINO; see PairedRounds), each copy made first in every other block (``in_turn``); the earlier
+        copies stay allocated until the case is done, so the new ones land elsewhere in memory. With
+        workers, this process times one block and each worker one more (:meth:`time_elsewhere`)."""
         models = [self.base, self.base if case.model.is_base else self.prepared(case.model)]
         held: list[object] = []
+        forwards, turns = (base_forward, case_forward), itertools.count(self._first_turn(case))
+
+        def fresh(forward: TimedForward, prepared: PreparedModel):
+            def make():
+                fn = deployable(prepared.model, case.runtime, case.device, self.settings.memory_format,
+                                self.profile.image_size, self._artifacts(prepared, case.runtime))
+                with torch.inference_mode():  # first call on new memory (page faults), untimed
+                    fn(forward.batch)
+                return fn
+            return make
 
         def refresh() -> None:
-            for forward, prepared in zip((base_forward, case_forward), models):
-                forward.fn = deployable(prepared.model, case.runtime, case.device, self.settings.memory_format,
-                                        self.profile.image_size, self._artifacts(prepared, case.runtime))
-                held.append(forward.fn)
-                with torch.inference_mode():  # first call on new memory (page faults), untimed
-                    forward.fn(forward.batch)
+            made = in_turn([fresh(f, p) for f, p in zip(forwards, models)], next(turns))
+            for forward, fn in zip(forwards, made):
+                forward.fn = fn
+                held.append(fn)
 
         if case.runtime == "compile":
             refresh = None  # a fresh copy would mean compiling again per block
@@ -276,6 +285,10 @@ class Harness:
         here = split_rounds(self.profile.latency_rounds, processes)[0]
         return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=self._seed(case),
                             rounds=here, refresh=refresh, blocks=BLOCKS if processes == 1 else 1)
+
+    def _first_turn(self, case: Case) -> int:
+        """The first block's turn (see ``in_turn``); later blocks, here or in workers, count on from it."""
+        return self._seed(case) % 2
 
     @staticmethod
     def _seed(case: Case, block: int = 0) -> int:
@@ -298,7 +311,7 @@ class Harness:
                         memory_format=self.settings.memory_format, image_size=self.profile.image_size,
                         batch_size=case.batch_size, base_artifacts=self._artifacts(base, case.runtime),
                         case_artifacts=self._artifacts(prepared, case.runtime), warmup=self.profile.latency_warmup,
-                        rounds=rounds, seed=self._seed(case, k + 1))
+                        rounds=rounds, seed=self._seed(case, k + 1), turn=self._first_turn(case) + k + 1)
                   for k, rounds in enumerate(shares)]
         return self.workers.time(blocks)
 
