@@ -34,14 +34,16 @@ class CaseCoverage:
 
     def hits_with(self, run_spread: float, z: float) -> int:
         """How many runs' intervals would hold the median with ``run_spread`` in place of their own."""
-        target, extra = math.log(self.median), (z * run_spread) ** 2
-        hits = 0
+        from vggprune.stats import widen
+
+        target, hits = math.log(self.median), 0
         for s, (lo, hi), own in zip(self.speedups, self.cis, self.spreads):
             centre, own2 = math.log(s), (z * own) ** 2
-            # each side back to its within-run half-width, then widened again (as stats.widen does)
-            below = math.sqrt(max(0.0, (centre - math.log(lo)) ** 2 - own2) + extra)
-            above = math.sqrt(max(0.0, (math.log(hi) - centre) ** 2 - own2) + extra)
-            hits += centre - below <= target <= centre + above
+            # each side back to its within-run half-width, then widened as the harness widens it
+            below = math.sqrt(max(0.0, (centre - math.log(lo)) ** 2 - own2))
+            above = math.sqrt(max(0.0, (math.log(hi) - centre) ** 2 - own2))
+            low, high = widen(centre, centre - below, centre + above, run_spread)
+            hits += low <= target <= high
         return hits
 
 

@@ -20,13 +20,13 @@ MAX_BATCH = 65_536
 # workers (vggprune.workers), one block each; about +28 s on a warm quick-profile run with 5 (each worker
 # JIT-compiles oneDNN kernels for every new model), so it is opt-in.
 TIMING_PROCESSES = 1
-MAX_PROCESSES = 32
+MAX_PROCESSES = 32  # each worker holds torch, ONNX Runtime and OpenVINO: about 0.7 GB
 # The between-run standard deviation (log scale) every speed-up interval allows for
 # (vggprune.stats.widen). Measured with `vggprune calibration` on six sets of 5 quick-profile runs on a
 # 2-core cloud VM: the sets needed 0, 0, 0.009, 0.044, 0.045 and 0.049 for their intervals to hold the
 # 5-run median 95 % of the time (within-run intervals alone held it 67-96 %). 0.05 covers all six.
 # Measure your machine's the same way and set it with --run-spread (0: within this run only).
-RUN_SPREAD = 0.05  # each worker holds torch, ONNX Runtime and OpenVINO: about 0.7 GB
+RUN_SPREAD = 0.05
 MIN_IMAGE, MAX_IMAGE = 32, 1024  # five 2x2 max-pools need 32 px; beyond 1024 no VGG11 makes sense
 THREADS_PER_CORE = 4  # oversubscription beyond this only measures the scheduler
 

@@ -114,7 +114,7 @@ def time_block(block: Block) -> tuple[list[float], list[float]]:
                                   block.image_size, artifacts)
 
     base, case = in_turn([maker(block.base, block.base_artifacts), maker(block.case, block.case_artifacts)],
-                                block.turn)
+                         block.turn)
     base_forward, case_forward = timed_pair(base, case, block.runtime, make_batch(
         block.batch_size, block.image_size, block.device, memory_format=block.memory_format))
     paired = PairedRounds(base_forward, warmup=block.warmup, seed=block.seed)
