@@ -144,7 +144,7 @@ def test_imagefolder_takes_model_image_size_and_epochs_others_refuse_them():
     assert (p.model, p.image_size, p.base_epochs) == ("small", 48, 3)
     with pytest.raises(UserError, match="--model: only the imagefolder profile takes it"):
         resolve_profile({"model": "seed"})
-    with pytest.raises(UserError, match=r"--image-size: '16' is not a integer >= 32 \(allowed 32..1,024\)"):
+    with pytest.raises(UserError, match=r"--image-size: '16' is not an integer >= 32 \(allowed 32..1,024\)"):
         resolve_profile({"profile": "imagefolder", "image_size": "16"})
     with pytest.raises(UserError, match="--model: unknown value resnet"):
         resolve_profile({"profile": "imagefolder", "model": "resnet"})

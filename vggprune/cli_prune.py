@@ -1,4 +1,5 @@
-"""`vggprune params` (size and MACs over a sweep of rates) and `vggprune prune` (write one pruned model)."""
+"""Commands on models without data: `vggprune params` (size and MACs over a sweep of rates), `vggprune prune`
+(write one pruned model) and `vggprune breakdown` (where a pruned model's time goes, part by part)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 from tabulate import tabulate
 
 from vggprune.choices import CRITERIA, METHODS, SCOPES, VARIANTS, check_choice, check_rate, parse_rates
-from vggprune.limits import MAX_NUM_CLASSES, MAX_ROUND_TO, MAX_SEED, int_in_range
+from vggprune.errors import UserError
+from vggprune.limits import MAX_BATCH, MAX_NUM_CLASSES, MAX_ROUND_TO, MAX_ROUNDS, MAX_SEED, int_in_range
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -97,6 +99,44 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_breakdown(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from vggprune.breakdown import RUNTIMES, breakdown, render
+    from vggprune.limits import max_threads
+    from vggprune.models import spec_for
+    from vggprune.pruning import prune
+    from vggprune.runtimes import get_runtime
+    from vggprune.settings import check_inference_batch
+
+    _check_model_options(args)
+    rate = check_rate(args.rate)
+    check_choice("runtime", args.runtime, RUNTIMES)
+    batch_size = int_in_range("--batch-size", args.batch_size, 1, MAX_BATCH)
+    rounds = int_in_range("--rounds", args.rounds, 2, MAX_ROUNDS)
+    if args.threads is not None:
+        torch.set_num_threads(int_in_range("--threads", args.threads, 1, max_threads()))
+    reason = get_runtime(args.runtime).unavailable("cpu")
+    if reason:
+        raise UserError(reason)
+    spec = spec_for(args.model, args.num_classes)
+    check_inference_batch("--batch-size", args.model, spec, spec.input_size, batch_size)  # before any model is built
+    base = _base_model(args)
+    pruned = prune(base, rate, method=args.method, scope=args.scope, criterion=args.criterion,
+                   round_to=args.round_to, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="vggprune-breakdown-") as workdir:
+        result = breakdown(base, pruned, args.runtime, batch_size, rounds, workdir=Path(workdir))
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(render(result, f"{args.model}, {args.method} {args.scope} {args.criterion} rate {rate:g} "
+                             f"(random-init weights, seed {args.seed}) against its base"))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("params", help="parameter and MAC counts of a model pruned at several rates")
     _add_model_options(p)
@@ -110,3 +150,13 @@ def register(sub) -> None:
     p.add_argument("--input", default=None, help="a saved vggprune model to prune (default: a fresh one)")
     p.add_argument("--out", required=True, help="where to write the pruned model (.pt)")
     p.set_defaults(func=run_prune)
+
+    p = sub.add_parser("breakdown", help="time a pruned model and its base part by part (CPU): where the speed-up goes")
+    _add_model_options(p)
+    p.add_argument("--rate", type=float, required=True, help="fraction of units to remove, in [0, 1)")
+    p.add_argument("--runtime", default="eager", help="eager | fused | onnxruntime (default eager)")
+    p.add_argument("--batch-size", default="8", help="images per forward (default 8)")
+    p.add_argument("--rounds", default="10", help="timed rounds per model, interleaved (default 10)")
+    p.add_argument("--threads", default=None, help="torch and ONNX Runtime threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print the breakdown as JSON instead of a table")
+    p.set_defaults(func=run_breakdown)

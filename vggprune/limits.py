@@ -52,13 +52,13 @@ def available_memory() -> int | None:
 
 def int_in_range(option: str, text: object, low: int, high: int) -> int:
     """``text`` as an integer in [low, high], or one UserError naming the option and the range."""
-    kind = {0: "non-negative integer", 1: "positive integer"}.get(low, f"integer >= {low}")
+    kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
     try:
         value = int(str(text).strip())
     except ValueError:
         value = None
     if value is None or value < low:
-        raise UserError(f"{option}: {str(text).strip()!r} is not a {kind} (allowed {low}..{high:,})")
+        raise UserError(f"{option}: {str(text).strip()!r} is not {kind} (allowed {low}..{high:,})")
     if value > high:
         raise UserError(f"{option}: {value:,} is out of range (allowed {low}..{high:,})")
     return value

@@ -31,7 +31,7 @@ from vggprune.limits import (
     int_in_range,
     max_threads,
 )
-from vggprune.models import VARIANTS, VGG11_CFG, spec_for
+from vggprune.models import VARIANTS, VGG11_CFG, VGGSpec, spec_for
 from vggprune.profiles import PROFILE_NAMES, Profile, SweepAxes, TrainingConfig, get_profile
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, parse_rates
 
@@ -190,14 +190,18 @@ def resolve_profile(raw: dict[str, Any]) -> Profile:
     return replace(profile, **changes)
 
 
-def _check_batches(profile: Profile, batch_sizes: tuple[int, ...]) -> None:
-    spec = spec_for(profile.model, profile.num_classes or 1000)
+def check_inference_batch(option: str, model: str, spec: VGGSpec, image_size: int, batch: int) -> None:
+    """Refuse (one line) a batch of ``image_size`` images whose activations cannot fit in memory now."""
     pools = [c == "M" for c in VGG11_CFG]
     pool_after = tuple(pools[i + 1] for i, c in enumerate(VGG11_CFG) if c != "M")
-    per_image = inference_bytes_per_image(spec.conv_widths, pool_after, profile.image_size)
+    per_image = inference_bytes_per_image(spec.conv_widths, pool_after, image_size)
     model_bytes = 4 * (sum(spec.conv_widths) * 9 * 512 + 25088 * 4096 * 2)  # generous: two model copies
-    check_batch_fits("--batch-sizes", max(batch_sizes), per_image, model_bytes,
-                     f"{profile.image_size}-px images for the {profile.model} model")
+    check_batch_fits(option, batch, per_image, model_bytes, f"{image_size}-px images for the {model} model")
+
+
+def _check_batches(profile: Profile, batch_sizes: tuple[int, ...]) -> None:
+    check_inference_batch("--batch-sizes", profile.model, spec_for(profile.model, profile.num_classes or 1000),
+                          profile.image_size, max(batch_sizes))
 
 
 def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
