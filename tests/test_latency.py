@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,6 @@ from vggprune.latency import (
     make_batch,
     measure,
     prepare_for_inference,
-    steady_allocator,
     summarize,
     timed_callable,
 )
@@ -231,8 +233,33 @@ def test_paired_rounds_run_each_block_on_fresh_models():
     assert PairedRounds(lambda: None, warmup=0, rounds=7).blocks == 1  # no refresh: one block
 
 
-def test_steady_allocator_pins_glibc_thresholds():
+_FAULTS = """
+import resource, sys, torch
+from vggprune.latency import steady_allocator
+if sys.argv[1] == "steady":
+    assert steady_allocator()
+faults = []
+for _ in range(12):  # a 64 MB activation, made, written and freed, as in every forward
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 * 2**20)
+    del t
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults[1:]))  # the heap can take a few rounds to settle where the block goes
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts glibc page faults: Linux only")
+def test_steady_allocator_reuses_large_blocks_instead_of_faulting_them_in_again():
     import ctypes.util
 
-    applied = steady_allocator()
-    assert applied == bool(ctypes.util.find_library("c"))
+    if not ctypes.util.find_library("c"):
+        pytest.skip("no C library to configure here")
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    # 64 MB is 16,384 pages of 4 KiB: glibc's default mmaps every block above 32 MB and faults it in anew
+    assert faults("default") > 8_000
+    assert faults("steady") < 1_000

@@ -97,8 +97,12 @@ def steady_allocator() -> bool:
     forward page-faults its activations in again, and its *dynamic* mmap threshold makes how often
     that happens depend on the process's history. Measured on the quick model (conv 0.5, batch 64,
     5 fresh processes each): the speed-up ranged 1.87-2.93 between processes by default, 1.68-1.84
-    with the threshold pinned, and the base ran 5.6-5.9 ms instead of 6.4-8.9 ms. A long-running
-    server's allocator reaches that steady state too. No-op where glibc's mallopt is absent.
+    with the threshold pinned, and the base ran 5.6-5.9 ms instead of 6.4-8.9 ms. Pinning stops at
+    glibc's largest threshold, 32 MB, and the seed model's first activations at batch 8 are 103 MB,
+    so mmap is turned off altogether: the seed base in eager ran 301-310 ms instead of 345-381 and
+    its conv-50 % speed-up read 3.10-3.13 instead of 3.28-3.34 (the base paid more page faults;
+    3 processes each). A long-running server's caching allocator reaches that steady state too. The
+    cost: freed memory below the heap's top stays with the process. No-op where mallopt is absent.
     """
     import ctypes
     import ctypes.util
@@ -110,9 +114,9 @@ def steady_allocator() -> bool:
         mallopt = None
     if mallopt is None:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum; fixed, so never adjusted again
-    ok &= mallopt(m_trim_threshold, 512 * 1024 * 1024)
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = mallopt(m_mmap_max, 0)  # every block from the heap, reused after free, however large
+    ok &= mallopt(m_trim_threshold, 512 * 1024 * 1024)  # and kept unless 512 MB lie free at its top
     return bool(ok)
 
 
