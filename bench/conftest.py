@@ -52,7 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"cannot read {exc.filename or 'an input'}: {exc.strerror or exc}") from None
     config._vggprune_settings = settings
     torch.set_num_threads(settings.threads)  # fixed for the run, and recorded
-    config._vggprune_allocator = "glibc, no mmap, trim at 512 MB" if steady_allocator() else "default"
+    config._vggprune_allocator = "glibc, mmap threshold pinned, forwards heap-only" if steady_allocator() else "default"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

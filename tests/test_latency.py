@@ -235,31 +235,65 @@ def test_paired_rounds_run_each_block_on_fresh_models():
 
 _FAULTS = """
 import resource, sys, torch
-from vggprune.latency import steady_allocator
-if sys.argv[1] == "steady":
-    assert steady_allocator()
-faults = []
-for _ in range(12):  # a 64 MB activation, made, written and freed, as in every forward
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t = torch.ones(16 * 2**20)
-    del t
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(min(faults[1:]))  # the heap can take a few rounds to settle where the block goes
+from vggprune.latency import heap_only, steady_allocator
+assert steady_allocator()
+
+def faults(rounds, inside, mb):
+    counts = []
+    for _ in range(rounds):  # an activation of `mb` MB, made, written and freed, as in every forward
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        if inside:
+            with heap_only():
+                t = torch.ones(mb * 2**18)
+                del t
+        else:
+            t = torch.ones(mb * 2**18)
+            del t
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return min(counts[1:])  # the heap can take a few rounds to settle where the block goes
+
+print(faults(4, False, 64), faults(12, True, 64))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts glibc page faults: Linux only")
-def test_steady_allocator_reuses_large_blocks_instead_of_faulting_them_in_again():
+def test_heap_only_reuses_large_blocks_instead_of_faulting_them_in_again():
     import ctypes.util
 
     if not ctypes.util.find_library("c"):
         pytest.skip("no C library to configure here")
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, inside = map(int, out.stdout.split())
+    # 64 MB is 16,384 pages of 4 KiB: above glibc's 32 MB ceiling each block is mmapped and faulted in
+    # anew, unless heap_only keeps it in the heap
+    assert before > 8_000 and inside < 1_000
 
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return int(out.stdout)
 
-    # 64 MB is 16,384 pages of 4 KiB: glibc's default mmaps every block above 32 MB and faults it in anew
-    assert faults("default") > 8_000
-    assert faults("steady") < 1_000
+def test_heap_only_turns_mmap_back_on_even_when_the_forward_fails(monkeypatch):
+    import vggprune.latency as latency
+
+    calls = []
+    monkeypatch.setattr(latency, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
+    with pytest.raises(RuntimeError), latency.heap_only():
+        raise RuntimeError("out of memory in a forward")
+    # off inside, back to glibc's default after: a process-wide heap kept a seed run's every freed model
+    # copy until the OOM killer stopped it at 24 GB
+    assert calls == [(-4, 0), (-4, 65536)]
+
+
+@pytest.mark.parametrize("fn, heap", [
+    (torch.nn.Identity(), True),  # a PyTorch module: eager
+    (type("FusedRunner", (), {"heap_forward": True, "__call__": lambda self, x: x})(), True),
+    (type("OrtRunner", (), {"heap_forward": False, "__call__": lambda self, x: x})(), False),
+    (lambda x: x, False),  # any other callable: a runtime with its own memory planning
+])
+def test_only_pytorch_forwards_are_timed_heap_only(monkeypatch, fn, heap):
+    import vggprune.latency as latency
+
+    calls = []
+    monkeypatch.setattr(latency, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
+    forward = timed_callable(fn, torch.zeros(2, 3))
+    forward.untimed()  # a fresh copy's first call runs as the timed ones do
+    forward()
+    assert calls == ([(-4, 0), (-4, 65536)] * 2 if heap else [])

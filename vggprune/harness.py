@@ -268,8 +268,7 @@ class Harness:
             def make():
                 fn = deployable(prepared.model, case.runtime, case.device, self.settings.memory_format,
                                 self.profile.image_size, self._artifacts(prepared, case.runtime))
-                with torch.inference_mode():  # first call on new memory (page faults), untimed
-                    fn(forward.batch)
+                TimedForward(fn, forward.batch).untimed()  # first call on new memory (page faults)
                 return fn
             return make
 

@@ -13,10 +13,12 @@ descheduled thread, so even a small share of a core used by others inflates ever
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -60,8 +62,7 @@ class TimedForward:
 
     def __call__(self) -> Any:
         if not self.cuda:
-            with torch.inference_mode():
-                return self.fn(self.batch)
+            return self.untimed()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         with torch.inference_mode():
@@ -71,12 +72,26 @@ class TimedForward:
         self._events.append((start, end))
         return out
 
+    def untimed(self) -> Any:
+        """One call as the timed ones run on the CPU (inference mode, the same allocator regime), with no
+        CUDA events or sync: a fresh copy's first call, which takes its page faults."""
+        heap = not self.cuda and _heap_forward(self.fn)
+        with torch.inference_mode(), heap_only() if heap else contextlib.nullcontext():
+            return self.fn(self.batch)
+
     def reset(self) -> None:
         """Forget GPU times (call after warm-up so only timed rounds are summarised)."""
         self._events.clear()
 
     def gpu_times_ms(self) -> list[float]:
         return [s.elapsed_time(e) for s, e in self._events]
+
+
+def _heap_forward(fn: Callable[[torch.Tensor], Any]) -> bool:
+    """PyTorch modules allocate their activations with malloc on every CPU forward: time them heap-only
+    (see :func:`heap_only`). ONNX Runtime and OpenVINO plan their own memory, and OpenVINO compiles on
+    its first call, whose buffers must not stay in the heap. (Asked per call: blocks swap in fresh copies.)"""
+    return isinstance(fn, torch.nn.Module) or getattr(fn, "heap_forward", False)
 
 
 def timed_callable(fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> TimedForward:
@@ -90,6 +105,23 @@ def timed_callable(fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> Ti
 BLOCKS = 5
 
 
+@functools.cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None where there is none (musl, macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_DEFAULT_MMAP_MAX = 65536  # glibc's
+
+
 def steady_allocator() -> bool:
     """Make glibc keep freed activation buffers instead of returning them to the OS (True if applied).
 
@@ -97,27 +129,39 @@ def steady_allocator() -> bool:
     forward page-faults its activations in again, and its *dynamic* mmap threshold makes how often
     that happens depend on the process's history. Measured on the quick model (conv 0.5, batch 64,
     5 fresh processes each): the speed-up ranged 1.87-2.93 between processes by default, 1.68-1.84
-    with the threshold pinned, and the base ran 5.6-5.9 ms instead of 6.4-8.9 ms. Pinning stops at
-    glibc's largest threshold, 32 MB, and the seed model's first activations at batch 8 are 103 MB,
-    so mmap is turned off altogether: the seed base in eager ran 301-310 ms instead of 345-381 and
-    its conv-50 % speed-up read 3.10-3.13 instead of 3.28-3.34 (the base paid more page faults;
-    3 processes each). A long-running server's caching allocator reaches that steady state too. The
-    cost: freed memory below the heap's top stays with the process. No-op where mallopt is absent.
+    with the threshold pinned, and the base ran 5.6-5.9 ms instead of 6.4-8.9 ms. A long-running
+    server's allocator reaches that steady state too. The threshold cannot go above 32 MB; larger
+    activations are kept by :func:`heap_only` around each timed forward. No-op without glibc.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
+    mallopt = _mallopt()
     if mallopt is None:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = mallopt(m_mmap_max, 0)  # every block from the heap, reused after free, however large
-    ok &= mallopt(m_trim_threshold, 512 * 1024 * 1024)  # and kept unless 512 MB lie free at its top
+    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's maximum; fixed, so never adjusted again
+    ok &= mallopt(_M_TRIM_THRESHOLD, 512 * 1024 * 1024)
     return bool(ok)
+
+
+@contextlib.contextmanager
+def heap_only() -> Iterator[None]:
+    """Serve every allocation made inside from glibc's heap, where a freed block is reused, not unmapped.
+
+    For activations above mmap's 32 MB ceiling (the seed model's first layers at batch 8 are 103 MB):
+    with mmap they were page-faulted in on every forward, and the eager seed base ran 345-381 ms
+    instead of 301-310 (3 processes each), which read as a larger speed-up for pruning (conv 50 %
+    3.28-3.34 against 3.10-3.13). Only PyTorch forwards go inside (see ``_heap_forward``): with mmap
+    off for the whole process, the heap kept every freed model copy of a seed run until the OOM
+    killer stopped it at 24 GB. Timed this way a seed run peaked at 20.5 GB of anonymous memory,
+    against 20.2 GB before.
+    """
+    mallopt = _mallopt()
+    if mallopt is None:
+        yield
+        return
+    mallopt(_M_MMAP_MAX, 0)
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
 
 
 class PairedRounds:

@@ -40,8 +40,9 @@ class Runner:
 
     def __init__(self, runtime: str, device: str, forward: Callable[[torch.Tensor], torch.Tensor], *,
                  files: list[Path], size_bytes: int, input_memory_format: str = "contiguous",
-                 reused: bool = False, details: dict[str, Any] | None = None) -> None:
+                 reused: bool = False, details: dict[str, Any] | None = None, heap_forward: bool = False) -> None:
         self.runtime, self.device = runtime, device
+        self.heap_forward = heap_forward  # allocates activations with malloc per call: time it heap-only
         self._forward = forward
         self.files, self.size_bytes = list(files), int(size_bytes)
         self.input_memory_format = input_memory_format

@@ -57,6 +57,8 @@ def _checkpoint_payload(model: nn.Module):
 
 
 class _TorchRuntime(Runtime):
+    heap_forward = True  # see latency.heap_only
+
     def _module(self, model: nn.Module) -> nn.Module:
         return model
 
@@ -73,7 +75,7 @@ class _TorchRuntime(Runtime):
             module = copy.deepcopy(model)
         module = module.to(device=device, memory_format=MEMORY_FORMATS[memory_format]).eval()
         return Runner(self.name, device, self._wrap(module, example_batch), files=files, size_bytes=dir_size(files),
-                      input_memory_format=memory_format, reused=reused)
+                      input_memory_format=memory_format, reused=reused, heap_forward=self.heap_forward)
 
 
 class EagerRuntime(_TorchRuntime):
@@ -110,6 +112,7 @@ class CompileRuntime(_TorchRuntime):
     """
 
     name = "compile"
+    heap_forward = False  # a call may compile (a new batch size), and compiler buffers must not stay in the heap
 
     def unavailable(self, device: str) -> str | None:
         reason = super().unavailable(device)
