@@ -46,7 +46,7 @@ _MODULE_TAIL = (nn.BatchNorm2d, nn.ReLU, nn.Dropout, nn.Identity)
 
 def _part_names(kinds: Iterable[str | None]) -> list[str]:
     """Name each op's part in execution order: conv1, conv2, pool1, ...; a tail op (None) joins the part
-    before it; an op of no known kind ("" ) is other."""
+    before it; an op of no known kind ("") is other."""
     counts: dict[str, int] = defaultdict(int)
     names, current = [], OTHER
     for kind in kinds:
