@@ -4,6 +4,7 @@ torch.compile resets dynamo per model; CUDA paths are checked with spies (or on 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -331,3 +332,24 @@ def test_onnxruntime_cuda_forward_binds_torch_memory_in_place():
     (_, name_in, dev_in, _, _, shape_in, _), (_, name_out, dev_out, _, _, shape_out, ptr_out) = session.binding.calls
     assert (name_in, dev_in, shape_in) == ("input", "cuda", (4, 3, 32, 32))
     assert (name_out, dev_out, shape_out, ptr_out) == ("logits", "cuda", (4, 10), out.data_ptr())
+
+
+def test_fingerprint_is_remembered_until_the_weights_change(monkeypatch):
+    import hashlib
+
+    import vggprune.runtimes_base as base_mod
+    from vggprune.runtimes_base import model_fingerprint
+
+    model = randomize_(build_vgg11("small", 10))
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(base_mod.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    first = model_fingerprint(model)
+    assert model_fingerprint(model) == first and len(hashed) == 1  # same tensors, same versions: not rehashed
+    twin = copy.deepcopy(model)
+    assert model_fingerprint(twin) == first and len(hashed) == 2  # another object is hashed for itself
+    with torch.no_grad():
+        model.classifier[-1].bias.add_(1.0)  # an in-place edit bumps the tensor's version counter
+    changed = model_fingerprint(model)
+    assert changed != first and len(hashed) == 3
+    assert model_fingerprint(copy.deepcopy(model)) == changed  # the same as hashing it from scratch
