@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggprune.harness import Harness, cpu_model, device_name, library_versions
+from vggprune.harness import Harness
 from vggprune.latency import steady_allocator
+from vggprune.machine import cpu_model, device_name, gpu_provenance, library_versions, strict_fp32
 
 HERE = Path(__file__).resolve().parent
 # The committed gate files; the library never locates them itself (--thresholds/--expected-params override).
@@ -52,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"cannot read {exc.filename or 'an input'}: {exc.strerror or exc}") from None
     config._vggprune_settings = settings
     torch.set_num_threads(settings.threads)  # fixed for the run, and recorded
+    strict_fp32()  # every case is a float32 case: no TF32 on the GPU (recorded in machine_info)
     config._vggprune_allocator = "glibc, mmap threshold pinned, forwards heap-only" if steady_allocator() else "default"
 
 
@@ -81,6 +83,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=order)
 
 
+@pytest.fixture(autouse=True)
+def _case_lifetime(request: pytest.FixtureRequest):
+    """Each test's peak memory is its own, and a case frees every copy it made before the next starts."""
+    harness = request.getfixturevalue("harness")
+    harness.begin_case()
+    yield
+    harness.end_case()
+
+
 @pytest.fixture(scope="session")
 def harness(request: pytest.FixtureRequest):
     harness = Harness(request.config._vggprune_settings)
@@ -100,7 +111,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "cpu_model": cpu_model(),
         "allocator": getattr(config, "_vggprune_allocator", "default"),
         "devices": {d: device_name(d) for d in settings.devices},
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda,  # the CUDA torch was built with; the GPU's own stack is under "gpu"
+        "gpu": gpu_provenance(),
+        "peak_mem_mb": getattr(getattr(config, "_vggprune_harness", None), "run_peak_mb", None),
     }
 
 
@@ -123,3 +136,5 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         tr.write_line(f"{len(noisy)} case(s) had IQR/median above 10 % and are marked noisy.", yellow=True)
     if not contended and not noisy:
         tr.write_line("The machine stayed quiet and no case was noisy.", green=True)
+    if harness.run_peak_mb:
+        tr.write_line(f"peak memory {harness.run_peak_mb / 1024:.1f} GB (resident, this process and its workers)")

@@ -35,6 +35,9 @@ def test_inference(benchmark, harness, case):
         pytest.skip(unavailable)
     runtime_failure = harness.runtime_failure(case)  # outputs checked against eager before timing
     assert runtime_failure is None, f"not timed: {runtime_failure}"
+    refusal = harness.refusal(case)  # before any copy is made: a case that cannot fit is not started
+    if refusal:
+        pytest.skip(refusal)
 
     base, forward = harness.forwards(case)
     paired = harness.pairing(case, base, forward)
@@ -48,9 +51,7 @@ def test_inference(benchmark, harness, case):
             benchmark.stats.stats.update(s)
     seconds = benchmark.stats.stats.data if benchmark.stats else []
     base_seconds = paired.times() + [s for _, base_block in elsewhere for s in base_block]
-    # GPU times of the timed rounds only (warm-up and block refreshes ran `forward` untimed too).
-    gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
-    record = harness.record(case, seconds, base_seconds, gpu_ms, watch, blocks=paired.blocks + len(elsewhere))
+    record = harness.record(case, seconds, base_seconds, forward, watch, blocks=paired.blocks + len(elsewhere))
     benchmark.extra_info.update(record.to_extra_info())
     if record.contended:
         warnings.warn(f"{case.id}: other processes used {record.other_cpu_cores:.2f} cores while it was timed; "

@@ -145,73 +145,93 @@ def test_seed_profile_without_data_times_but_skips_accuracy_with_how_to(bench, t
     assert info["image_size"] == 224 and info["latency_p50_ms"] > 0
 
 
-# A pytest plugin that makes this CPU-only machine look like it has CUDA: torch.cuda's events and
-# synchronize become spies that log, tensors stay on the CPU, and the timed callables take their
-# CUDA branch. It lets the harness's whole CUDA path run here and shows where the sync happens.
+# A pytest plugin that runs the harness's CUDA path on this CPU-only machine with a device that behaves
+# like one (tests/fake_cuda.py): forwards leave work in flight until synchronize, events sit on streams,
+# and a start event recorded with work in flight is counted. Tensors stay on the CPU (nothing here can
+# hold device memory), so the plugin also fails any module moved inside inference mode, the move that
+# breaks fine-tuning on a real GPU, and counts the model copies alive after each case.
 FAKE_CUDA_PLUGIN = '''
-import json, os
+import gc, json, os
 import torch
 import vggprune.latency as latency
+import vggprune.runtimes_base as runtimes_base
 import vggprune.pipeline as pipeline
+from vggprune.models import VGG11
+from tests.fake_cuda import FakeCuda
 
-LOG = []
-
-class Event:
-    def __init__(self, enable_timing=False):
-        assert enable_timing
-    def record(self):
-        LOG.append("record")
-    def elapsed_time(self, end):
-        return 1.5
-
-torch.cuda.is_available = lambda: True
-torch.cuda.get_device_name = lambda index=0: "Fake GPU"
-torch.cuda.Event = Event
-torch.cuda.synchronize = lambda device=None: LOG.append("synchronize")
+CUDA = FakeCuda().install(lambda obj, name, value: setattr(obj, name, value))
+torch.cuda.mem_get_info = lambda device=None: (64 * 2**30, 80 * 2**30)
+torch.cuda.reset_peak_memory_stats = lambda device=None: None
+torch.cuda.max_memory_allocated = lambda device=None: 123 * 2**20
 pipeline.resolve_device = lambda device=None: torch.device("cpu")  # training stays on the CPU
+MOVES, AFTER_CASE = [], []
 
-_prepare, _batch, _init = latency.prepare_for_inference, latency.make_batch, latency.TimedForward.__init__
+_apply = torch.nn.Module._apply
+def guarded(self, fn, *args, **kwargs):
+    if torch.is_inference_mode_enabled():
+        MOVES.append(type(self).__name__)
+    return _apply(self, fn, *args, **kwargs)
+torch.nn.Module._apply = guarded
 
-def prepare_for_inference(model, device, memory_format):
-    copy = _prepare(model, "cpu", memory_format)
-    copy.register_forward_hook(lambda *args: LOG.append("forward"))
-    return copy
+_prepare, _batch, _init = runtimes_base.Runtime.prepare, latency.make_batch, latency.TimedForward.__init__
+
+def prepare(self, model, device, memory_format, example_batch, artifact_dir=None):
+    runner = _prepare(self, model, "cpu", memory_format, example_batch, artifact_dir)
+    forward = runner._forward
+    runner._forward = lambda batch: (CUDA.launch(), forward(batch))[1]  # asynchronous, as on a GPU
+    return runner
 
 def timed_forward_init(self, model, batch):
     _init(self, model, batch)
     self.cuda = True  # the batch is on the CPU, but every case in this run is a CUDA case
 
-latency.prepare_for_inference = prepare_for_inference
+runtimes_base.Runtime.prepare = prepare
 latency.make_batch = lambda bs, size, device, **kw: _batch(bs, size, "cpu", **kw)
 latency.TimedForward.__init__ = timed_forward_init
 
+import pytest
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish(nodeid, location):
+    gc.collect()
+    AFTER_CASE.append(sum(1 for o in gc.get_objects() if isinstance(o, VGG11)))
+
 def pytest_unconfigure(config):
     with open(os.environ["FAKE_CUDA_LOG"], "w") as f:
-        json.dump(LOG, f)
+        json.dump({"log": CUDA.log, "started_in_flight": CUDA.started_in_flight, "moves": MOVES,
+                   "after_case": AFTER_CASE, "empty_cache": CUDA.empty_cache_calls}, f)
 '''
 
 
-def test_cuda_cases_synchronize_inside_every_timed_call_and_record_gpu_time(bench, tmp_path, monkeypatch):
+def test_cuda_cases_fine_tune_time_in_sync_and_free_their_copies(bench, tmp_path, monkeypatch):
     (bench.path / "fakecuda.py").write_text(FAKE_CUDA_PLUGIN)
     monkeypatch.setenv("FAKE_CUDA_LOG", str(tmp_path / "log.json"))
-    monkeypatch.setenv("PYTHONPATH", f"{bench.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", f"{bench.path}{os.pathsep}{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     json_path = tmp_path / "cuda.json"
-    result = bench.runpytest_subprocess("bench", "-p", "fakecuda", *SMALL_RUN, "--rates", "0", "--batch-sizes", "2",
-                                        "--devices", "cuda", f"--benchmark-json={json_path}")  # later options win
-    result.assert_outcomes(passed=2)
-    (info,) = [b["extra_info"] for b in json.loads(json_path.read_text())["benchmarks"]]
-    assert info["device"] == "cuda" and info["device_name"] == "Fake GPU" and info["case_id"].endswith("cuda-b2")
-    assert info["gpu_time_p50_ms"] == 1.5
-    # 1 warm-up + 3 timed rounds, each timing the case and its paired base (its A/A twin here):
-    # start event, forward, end event, synchronize — sync last in every timed call.
-    log = json.loads((tmp_path / "log.json").read_text())
-    # Fresh copies start each block of rounds (3 rounds: 3 blocks x base and case), each run once
-    # untimed outside any event; what remains is the timed calls, sync last in every one.
-    untimed = [i for i, entry in enumerate(log) if entry == "forward" and (i == 0 or log[i - 1] != "record")]
-    assert len(untimed) == 6 and info["blocks"] == 3
-    timed = [entry for i, entry in enumerate(log) if i not in untimed]
-    assert timed == ["record", "forward", "record", "synchronize"] * 8
-    assert len(info["base_times_s"]) == 3
+    # a pruned model is fine-tuned after it was scored (the path a move inside inference mode breaks),
+    # and each runtime's fresh copies go through the fake device
+    result = bench.runpytest_subprocess("bench", "-p", "fakecuda", *SMALL_RUN, "--rates", "0,0.5", "--scopes", "conv",
+                                        "--methods", "by-hand", "--batch-sizes", "2", "--runtimes", "eager,fused",
+                                        "--devices", "cuda", "--finetune-epochs", "1",
+                                        f"--benchmark-json={json_path}")  # later options win
+    result.assert_outcomes(passed=6)
+    run = json.loads(json_path.read_text())
+    gpu = run["machine_info"]["vggprune"]["gpu"]
+    assert gpu["name"] == "Fake GPU" and gpu["compute_capability"] == "8.0" and gpu["memory_mb"] == 16384
+    assert gpu["cudnn_allow_tf32"] is False and gpu["cuda_matmul_allow_tf32"] is False  # float32 is float32
+    infos = [b["extra_info"] for b in run["benchmarks"]]
+    assert {i["case_id"] for i in infos} == {f"quick-{m}{r}-cuda-b2" for m in ("base-r0.00", "by-hand-conv-r0.50")
+                                             for r in ("", "-fused")}
+    assert all(i["device_name"] == "Fake GPU" and i["gpu_time_p50_ms"] == 1.5 for i in infos)
+    assert all(i["gpu_peak_mem_mb"] == 123.0 and len(i["base_times_s"]) == 3 for i in infos)
+    seen = json.loads((tmp_path / "log.json").read_text())
+    assert seen["moves"] == []  # no module moved or converted inside inference mode
+    assert seen["started_in_flight"] == 0  # no clock started with device work in flight
+    # every timed call: start event, forward, end event, then the sync that ends it
+    log = seen["log"]
+    timed = [i for i, entry in enumerate(log) if entry != "forward" and entry[0] == "record"][::2]
+    assert timed and all(log[i:i + 4] == [log[i], "forward", log[i], "synchronize"] for i in timed)
+    # after each test, only the trained models (base, pruned) remain: every copy made to time a case is freed
+    assert max(seen["after_case"]) <= 2 and seen["empty_cache"] >= 4
 
 
 def test_timing_under_xdist_is_refused(bench, monkeypatch):

@@ -18,7 +18,7 @@ from vggprune.data import labels_fingerprint, split_labels
 from vggprune.errors import UserError
 from vggprune.pipeline import CaseResult, Pipeline
 from vggprune.profiles import PROFILES, get_profile
-from vggprune.pruning import prune
+from vggprune.pruning import model_key, prune
 from vggprune.stats import wilson_interval
 from vggprune.train import evaluate_images
 
@@ -41,7 +41,7 @@ def warm_cache(tmp_path_factory):
     """One tiny-profile base and one pruned case, trained once for the module."""
     root = tmp_path_factory.mktemp("cache")
     pipe = Pipeline(tiny_profile(), cache_dir=root, progress=False)
-    return root, pipe.base(), pipe.case("by-hand", "conv", 0.3)
+    return root, pipe.base(), pipe.case(model_key("by-hand", "conv", 0.3))
 
 
 def test_base_and_case_are_trained_then_served_from_the_cache(warm_cache):
@@ -52,7 +52,7 @@ def test_base_and_case_are_trained_then_served_from_the_cache(warm_cache):
     assert case.info["epochs"] == 1 and case.info["rate"] == 0.3
 
     again = Pipeline(tiny_profile(), cache_dir=root, progress=False)
-    warm_base, warm_case = again.base(), again.case("by-hand", "conv", 0.3)
+    warm_base, warm_case = again.base(), again.case(model_key("by-hand", "conv", 0.3))
     assert warm_base.from_cache and warm_case.from_cache
     assert (warm_base.top1, warm_case.top1, warm_case.top5) == (base.top1, case.top1, case.top5)
     assert _weights_equal(warm_case.model, case.model) and warm_case.checkpoint == case.checkpoint
@@ -102,15 +102,16 @@ def test_an_entry_without_per_image_results_is_rebuilt_not_trusted(warm_cache, t
     old_style = {"top1": 0.5, "top5": 1.0, "epochs": 1}  # what a layout-1 entry held
     pipe.cache.store(key, pipe._case_label("by-hand", "conv", 0.3, "l2"), case.model, old_style)
     with pytest.warns(CacheWarning, match="lacks valid per-image results"):
-        rebuilt = pipe.case("by-hand", "conv", 0.3)
+        rebuilt = pipe.case(model_key("by-hand", "conv", 0.3))
     assert not rebuilt.from_cache and len(rebuilt.correct) == 360 and rebuilt.correct_before_finetune
-    assert Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False).cached("by-hand", "conv", 0.3).from_cache
+    again = Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False)
+    assert again.cached(model_key("by-hand", "conv", 0.3)).from_cache
 
 
 def test_rate_zero_is_the_base_and_each_call_gets_its_own_copy(warm_cache):
     root, base, _ = warm_cache
     pipe = Pipeline(tiny_profile(), cache_dir=root, progress=False)
-    zero = pipe.case("torch-pruning", "fc", 0.0)
+    zero = pipe.case(model_key("torch-pruning", "fc", 0.0))
     assert zero.top1 == base.top1 and _weights_equal(zero.model, base.model)
     with torch.no_grad():
         zero.model.features[0].weight.zero_()  # the caller's copy: the pipeline's base is unharmed
@@ -120,7 +121,7 @@ def test_rate_zero_is_the_base_and_each_call_gets_its_own_copy(warm_cache):
 def test_a_different_setting_is_a_miss(warm_cache):
     root, _, case = warm_cache
     pipe = Pipeline(tiny_profile(finetune_epochs=0), cache_dir=root, progress=False)
-    one_shot = pipe.case("by-hand", "conv", 0.3)
+    one_shot = pipe.case(model_key("by-hand", "conv", 0.3))
     assert pipe.base().from_cache  # fine-tuning settings do not retrain the base…
     assert not one_shot.from_cache and one_shot.checkpoint != case.checkpoint  # …but are a new case
     assert one_shot.info["epochs"] == 0 and one_shot.info["best_epoch"] == 0
@@ -129,11 +130,11 @@ def test_a_different_setting_is_a_miss(warm_cache):
 
 def test_corrupt_cache_file_is_reported_and_rebuilt(tmp_path):
     pipe = Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False)
-    first = pipe.case("torch-pruning", "fc", 0.5)
+    first = pipe.case(model_key("torch-pruning", "fc", 0.5))
     first.checkpoint.write_bytes(first.checkpoint.read_bytes()[:1000])  # truncated, as by a crash or full disk
     again = Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False)
     with pytest.warns(CacheWarning, match="unreadable"):
-        rebuilt = again.case("torch-pruning", "fc", 0.5)
+        rebuilt = again.case(model_key("torch-pruning", "fc", 0.5))
     assert not rebuilt.from_cache and rebuilt.top1 == first.top1 and _weights_equal(rebuilt.model, first.model)
     assert load_model(rebuilt.checkpoint)[0].spec == first.model.spec  # whole again
 
@@ -149,10 +150,10 @@ def test_no_cache_option_and_env_write_nothing(tmp_path, monkeypatch):
 def test_same_seed_same_accuracy_whatever_ran_before(tmp_path):
     """Two cold runs with one seed agree exactly, even when one computes another case first."""
     p = tiny_profile(seed=7)
-    alone = Pipeline(p, use_cache=False, progress=False).case("by-hand", "fc", 0.4)
+    alone = Pipeline(p, use_cache=False, progress=False).case(model_key("by-hand", "fc", 0.4))
     busy = Pipeline(p, use_cache=False, progress=False)
-    busy.case("by-hand", "fc", 0.2)
-    after = busy.case("by-hand", "fc", 0.4)
+    busy.case(model_key("by-hand", "fc", 0.2))
+    after = busy.case(model_key("by-hand", "fc", 0.4))
     assert (alone.top1, alone.top5) == (after.top1, after.top5)
     assert _weights_equal(alone.model, after.model)
 
@@ -167,7 +168,7 @@ def test_missing_data_still_gives_models_with_the_reason(tmp_path):
     assert (base.top1, base.top5, base.reason) == (None, None, reason)
     assert (base.correct, base.top1_ci, pipe.test_fingerprint) == (None, None, None)
     assert base.info["init"] == "random" and base.model.spec.num_classes == 102
-    case = pipe.case("torch-pruning", "fc", 0.5)
+    case = pipe.case(model_key("torch-pruning", "fc", 0.5))
     assert case.top1 is None and case.reason == reason and case.checkpoint is None
     assert (case.correct_before_finetune, case.top1_before_finetune, case.test_fingerprint) == (None, None, None)
     assert case.model.spec.fc_widths == tuple(w - w // 2 for w in base.model.spec.fc_widths)
@@ -181,7 +182,7 @@ def test_flowers102_miniature_through_the_pipeline(tmp_path, monkeypatch):
                            eval_batch_size=4)
     pipe = Pipeline(profile, data_root=tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
     assert pipe.data_missing_reason is None
-    case = pipe.case("by-hand", "fc", 0.5)  # one-shot: pruned, evaluated, not fine-tuned
+    case = pipe.case(model_key("by-hand", "fc", 0.5))  # one-shot: pruned, evaluated, not fine-tuned
     assert 0.0 <= case.top1 <= case.top5 <= 1.0 and case.info["epochs"] == 0 and case.checkpoint.is_file()
     labels = split_labels(pipe.data().datasets["test"])  # Flowers102's own labels, no image decoded
     assert len(case.correct) == len(labels) == 6 and case.test_fingerprint == labels_fingerprint(labels)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vggprune.choices import CRITERIA, METHODS, SCOPES, check_rate
+from vggprune.choices import METHODS, SCOPES
 from vggprune.errors import UserError
 from vggprune.options import TRAINING, add_options, read_options
 
@@ -25,7 +25,7 @@ def _add_case_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", default="fc", help=f"{' | '.join(SCOPES)} (default fc)")
     p.add_argument("--rate", type=float, default=0.0,
                    help="fraction of units to remove, in [0, 1) (default 0)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", dest="train_device", default=None, help="the same as --train-device")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="always show progress bars (default: only on a terminal outside CI)")
@@ -33,18 +33,14 @@ def _add_case_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_case(args: argparse.Namespace) -> None:
-    """Validate the case before any data is touched or model built."""
+    """Validate the case before any data is touched or model built: ``args.key`` names the model."""
     from vggprune.limits import MAX_ROUND_TO, int_in_range
-    from vggprune.pruning.plan import check_choice
+    from vggprune.pruning import model_key
 
-    for kind, value, allowed in (("method", args.method, METHODS), ("scope", args.scope, SCOPES)):
-        check_choice(kind, value, allowed)
-    args.rate = check_rate(args.rate)
     args.criterion = args.criterion or "l2"
-    check_choice("criterion", args.criterion, CRITERIA)
     args.round_to = int_in_range("--round-to", args.round_to or "1", 1, MAX_ROUND_TO)
-    if args.device not in (None, "cpu", "cuda"):
-        raise UserError(f"--device: unknown value {args.device!r}; allowed: cpu, cuda")
+    args.key = model_key(args.method, args.scope, args.rate, args.criterion, args.round_to)
+    args.rate = args.key.rate
 
 
 def _pipeline(args: argparse.Namespace):
@@ -59,9 +55,14 @@ def _pipeline(args: argparse.Namespace):
     data_root = check_data_root(raw["data_root"])
     weights = existing_file("--weights", raw["weights"])
     _check_case(args)
+    import torch
+
+    from vggprune.settings import resolve_train_device
+
+    device = resolve_train_device(raw["train_device"], torch.cuda.is_available())
     pipe = Pipeline(profile, data_root=data_root, download=raw["download"], weights=weights,
                     cache_dir=raw["cache_dir"], use_cache=not raw["no_cache"], progress=args.progress,
-                    device=args.device)
+                    device=device)
     if pipe.data_missing_reason:  # the harness carries on without data; a command asked for accuracy
         raise UserError(pipe.data_missing_reason)
     return pipe
@@ -93,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(args.out, "--out")  # before hours of training, not after
     pipe = _pipeline(args)
-    res = pipe.case(args.method, args.scope, args.rate, criterion=args.criterion, round_to=args.round_to)
+    res = pipe.case(args.key)
     assert res.correct is not None and res.top5 is not None  # data present, so measured
     _print_accuracy(_case_name(args, pipe.profile.name), "test", res.correct, res.top5)
     if res.correct_before_finetune is not None:
@@ -117,7 +118,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model, _ = load_model(args.checkpoint)
         source, name = args.checkpoint, f"{pipe.profile.name}, {args.checkpoint}"
     else:
-        res = pipe.cached(args.method, args.scope, args.rate, criterion=args.criterion, round_to=args.round_to)
+        res = pipe.cached(args.key)
         if res is None:
             where = f"none in {pipe.cache.root}" if pipe.cache.enabled else "the cache is off"
             raise UserError(f"no trained checkpoint for {_case_name(args, pipe.profile.name)} ({where}); "

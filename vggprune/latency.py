@@ -56,28 +56,32 @@ class TimedForward:
         self.cuda = batch.device.type == "cuda"  # tests may set it to drive the CUDA path with spies
         self._events: list[tuple] = []
 
-    @property
-    def model(self) -> Callable[[torch.Tensor], Any]:
-        return self.fn
-
     def __call__(self) -> Any:
         if not self.cuda:
             return self.untimed()
+        # Events go on the stream the work runs on: a runtime with a stream of its own (ONNX Runtime)
+        # would otherwise be timed by events on an idle stream, i.e. host time.
+        stream = getattr(self.fn, "stream", None) or torch.cuda.current_stream()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        with torch.inference_mode():
-            out = self.fn(self.batch)
-        end.record()
+        with torch.cuda.stream(stream):
+            start.record(stream)
+            with torch.inference_mode():
+                out = self.fn(self.batch)
+            end.record(stream)
         torch.cuda.synchronize()  # inside the timed call: the kernels have finished when it returns
         self._events.append((start, end))
         return out
 
     def untimed(self) -> Any:
-        """One call as the timed ones run on the CPU (inference mode, the same allocator regime), with no
-        CUDA events or sync: a fresh copy's first call, which takes its page faults."""
+        """One call as the timed ones run (inference mode, the same allocator regime), with no CUDA
+        events: a fresh copy's first call, which takes its page faults. On CUDA it ends synchronised,
+        so no work of it is still in flight when the next timed call starts its clock."""
         heap = not self.cuda and _heap_forward(self.fn)
         with torch.inference_mode(), heap_only() if heap else contextlib.nullcontext():
-            return self.fn(self.batch)
+            out = self.fn(self.batch)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return out
 
     def reset(self) -> None:
         """Forget GPU times (call after warm-up so only timed rounds are summarised)."""
@@ -295,6 +299,7 @@ class CpuWatch:
 
     def __init__(self) -> None:
         self.other_cores: float | None = None
+        self.own_cores: float | None = None  # this process and its descendants, in cores
         self.loadavg_1m: float | None = None
 
     def __enter__(self) -> CpuWatch:
@@ -303,9 +308,11 @@ class CpuWatch:
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._t0
-        busy = _machine_busy_s()
+        busy, own = _machine_busy_s(), _own_cpu_s() - self._own0
+        if wall > 0:
+            self.own_cores = round(own / wall, 4)
         if busy is not None and self._busy0 is not None and wall > 0:
-            other = (busy - self._busy0) - (_own_cpu_s() - self._own0)
+            other = (busy - self._busy0) - own
             other -= self.SLACK_TICKS / os.sysconf("SC_CLK_TCK")
             self.other_cores = round(max(0.0, other) / wall, 4)
         try:

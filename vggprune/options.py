@@ -52,6 +52,8 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--weights", PATH, "a local ImageNet vgg11_bn state_dict for the seed/torchvision models"),
     Option("--cache-dir", PATH, "checkpoint cache (default $XDG_CACHE_HOME/vggprune)"),
     Option("--no-cache", FLAG, "neither read nor write the checkpoint cache"),
+    Option("--train-device", VALUE, "where models are trained and scored: auto (default: cuda when present) | "
+                                    "cpu | cuda; timing devices are --devices"),
     Option("--criterion", VALUE, "unit ranking: l2 (default), l1, random"),
     Option("--round-to", VALUE, "round kept widths down to a multiple, 1..4096 (default 1)"),
     # the harness's sweep and measurement
@@ -77,7 +79,7 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--expected-params", PATH, "exact parameter counts file (default: bench/expected_params.json)"),
 )}
 TRAINING = ("profile", "model", "image_size", "epochs", "finetune_epochs", "seed", "data_root", "download",
-            "weights", "cache_dir", "no_cache")
+            "weights", "cache_dir", "no_cache", "train_device")
 HARNESS = tuple(OPTIONS)
 
 

@@ -37,8 +37,7 @@ from vggprune.errors import UserError
 from vggprune.identity import BASE, ModelKey
 from vggprune.models import VGG11, VGGSpec, spec_for
 from vggprune.profiles import Profile
-from vggprune.pruning import CRITERIA, METHODS, SCOPES, check_rate, prune
-from vggprune.pruning.plan import check_choice, check_round_to
+from vggprune.pruning import prune
 from vggprune.stats import accuracy, check_correct, correct_interval
 from vggprune.train import Evaluation, evaluate_images, fit, resolve_device
 from vggprune.weights import InitSource, build_initial_model, resolve_init, resolve_weights_path
@@ -141,48 +140,48 @@ class Pipeline:
         return self._test_fingerprint
 
     # --- public -----------------------------------------------------------------------------------
-    def base(self) -> CaseResult:
-        """The unpruned model, trained once (cached on disk and in this process); a fresh copy per call."""
+    def base(self, shared: bool = False) -> CaseResult:
+        """The unpruned model, trained once (cached on disk and in this process); a fresh copy per call,
+        or with ``shared`` the pipeline's own instance, for a caller that never changes it (no second
+        copy of a 532 MB model)."""
         result = self._base_result()
-        return replace(result, model=copy.deepcopy(result.model))
+        return result if shared else replace(result, model=copy.deepcopy(result.model))
 
-    def case(self, method: str, scope: str, rate: float, criterion: str = "l2", round_to: int = 1) -> CaseResult:
-        """The base model pruned at ``rate`` and fine-tuned; rate 0 is the base result itself."""
-        rate = self._check_case(method, scope, rate, criterion, round_to)
-        if rate == 0.0:
+    def case(self, key: ModelKey) -> CaseResult:
+        """The base model pruned as ``key`` says (see ``pruning.model_key``) and fine-tuned; the base key
+        is the base result itself."""
+        if key.is_base:
             return self.base()
-        label = self._case_label(method, scope, rate, criterion, round_to)
+        label = key.cache_name(self.profile.name, self.profile.model)
         if self.data_missing_reason:
             base = self._base_result()
             t0 = time.perf_counter()
-            model = self._prune(base.model, method, scope, rate, criterion, round_to)
+            model = self._prune(base.model, key)
             return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
                               False, {**self._init_info(), "epochs": 0})
 
         def build() -> CaseResult:
             base = self._base_result()  # trained (or loaded) first, outside this case's time
             t0 = time.perf_counter()
-            model = self._prune(base.model, method, scope, rate, criterion, round_to)
-            return self._train_and_store(model, key, label, t0, epochs=self.profile.finetune_epochs,
+            model = self._prune(base.model, key)
+            return self._train_and_store(model, cache_key, label, t0, epochs=self.profile.finetune_epochs,
                                          lr=self.profile.finetune_lr, pruned=True,
-                                         info={**self._init_info(), "method": method, "scope": scope,
-                                               "rate": rate, "criterion": criterion, "round_to": round_to})
+                                         info={**self._init_info(), "method": key.method, "scope": key.scope,
+                                               "rate": key.rate, "criterion": key.criterion,
+                                               "round_to": key.round_to})
 
-        key = self.case_key(method, scope, rate, criterion, round_to)
-        return self._cached_or_built(key, label, build)
+        cache_key = self.case_key(key)
+        return self._cached_or_built(cache_key, label, build)
 
-    def cached(self, method: str, scope: str, rate: float, criterion: str = "l2",
-               round_to: int = 1) -> CaseResult | None:
+    def cached(self, key: ModelKey) -> CaseResult | None:
         """The case from the disk cache only (None if it was never trained with these settings)."""
-        rate = self._check_case(method, scope, rate, criterion, round_to)
         if self.data_missing_reason:
             return None
-        if rate == 0.0:
-            key, label = self.base_key(), self._base_label()
+        if key.is_base:
+            cache_key, label = self.base_key(), self._base_label()
         else:
-            key = self.case_key(method, scope, rate, criterion, round_to)
-            label = self._case_label(method, scope, rate, criterion, round_to)
-        return self._from_cache(key, label, time.perf_counter())
+            cache_key, label = self.case_key(key), key.cache_name(self.profile.name, self.profile.model)
+        return self._from_cache(cache_key, label, time.perf_counter())
 
     def evaluate(self, model: VGG11, split: str = "test") -> tuple[float, float]:
         """(top-1, top-5) of any of our models on one split of this profile's data."""
@@ -228,29 +227,19 @@ class Pipeline:
                 "spec": self.spec.to_dict(), "data": self.info.identity, "init": self.init_source().identity,
                 "device": self.device.type, "versions": library_versions()}
 
-    def case_key(self, method: str, scope: str, rate: float, criterion: str = "l2",
-                 round_to: int = 1) -> dict[str, Any]:
+    def case_key(self, key: ModelKey) -> dict[str, Any]:
         """Everything that determines a pruned, fine-tuned case's weights (the base key included)."""
         return {"layout": "case", "base": self.base_key(), "training": self.profile.training.key(),
-                "method": method, "scope": scope, "rate": rate, "criterion": criterion, "round_to": round_to}
+                "method": key.method, "scope": key.scope, "rate": key.rate, "criterion": key.criterion,
+                "round_to": key.round_to}
 
     # --- internals --------------------------------------------------------------------------------
-    def _check_case(self, method: str, scope: str, rate: float, criterion: str, round_to: int) -> float:
-        check_choice("method", method, METHODS)
-        check_choice("scope", scope, SCOPES)
-        check_choice("criterion", criterion, CRITERIA)
-        check_round_to(round_to)
-        return check_rate(rate)
-
-    def _prune(self, base: VGG11, method: str, scope: str, rate: float, criterion: str, round_to: int) -> VGG11:
-        return prune(base, rate, method=method, scope=scope, criterion=criterion, round_to=round_to,
-                     seed=self.profile.seed).eval()
+    def _prune(self, base: VGG11, key: ModelKey) -> VGG11:
+        return prune(base, key.rate, method=key.method, scope=key.scope, criterion=key.criterion,
+                     round_to=key.round_to, seed=self.profile.seed).eval()
 
     def _base_label(self) -> str:
         return BASE.cache_name(self.profile.name, self.profile.model)
-
-    def _case_label(self, method: str, scope: str, rate: float, criterion: str, round_to: int = 1) -> str:
-        return ModelKey(method, scope, rate, criterion, round_to).cache_name(self.profile.name, self.profile.model)
 
     def _init_info(self) -> dict[str, Any]:
         init = self.init_source()

@@ -20,11 +20,13 @@ from typing import Any
 from vggprune.errors import UserError
 from vggprune.identity import BASE_METHOD, KEY_FIELDS, Case
 
-SCHEMA = 3  # bump when a field changes meaning or a required field is added
+SCHEMA = 4  # bump when a field changes meaning or a required field is added
 # Fields a newer schema added, with the value that states what an older file meant. Schema 3: the
 # speed-up interval may include a between-run term (run_spread); a schema-2 interval was within-run
-# and the file says nothing about its machine's spread (None).
-ADDED = {3: {"run_spread": None}}
+# and the file says nothing about its machine's spread (None). Schema 4: peak memory and the
+# runtime's providers per case (not recorded before).
+ADDED = {3: {"run_spread": None},
+         4: {"cpu_peak_mem_mb": None, "gpu_peak_mem_mb": None, "runtime_providers": None}}
 NOISY = 0.10  # IQR/median above this marks a case noisy (torch.utils.benchmark warns at the same level)
 CONTENDED = 0.10  # other processes' CPU use, in cores, during the timing window, above which a case is marked
 
@@ -85,6 +87,10 @@ class CaseRecord:
     # the runtime's outputs checked against eager PyTorch before timing
     runtime_agreement: float | None = _range(0, 1, default=None)  # top-1 agreement fraction
     runtime_max_rel_diff: float | None = _range(0, default=None)
+    runtime_providers: list[str] | None = None  # the execution providers the session actually ran on (ORT)
+    # peak memory while the case was prepared and timed (TorchBench's cpu_peak_mem / gpu_peak_mem)
+    cpu_peak_mem_mb: float | None = _range(0, default=None)  # resident, this process and its workers
+    gpu_peak_mem_mb: float | None = _range(0, default=None)  # torch's CUDA allocator peak
     # latency: the case's rounds are stats.data; base_times_s are the paired base's, same rounds, same order
     rounds: int = _range(0, default=0)
     blocks: int = _range(1, default=1)  # rounds in this many contiguous blocks, each on fresh model copies

@@ -49,6 +49,7 @@ class Runner:
         self.input_memory_format = input_memory_format
         self.reused = reused
         self.prepare_seconds: float | None = None  # set by Runtime.prepare
+        self.stream = None  # a CUDA stream the runtime runs on, when not torch's current one
         self.details = details or {}
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -74,6 +75,10 @@ class Runtime:
     name: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
     modules: tuple[str, ...] = ()  # what running (not exporting) needs imported; timing workers preload it
+    reference = False  # True for the runtime every other one is verified against
+    fresh_copies = True  # each block of rounds on new copies; False where a copy costs a compile
+    in_workers = True  # may time blocks in worker processes (a compiled model would compile again in each)
+    exports = True  # writes files of its own to the export cache (False: ships the cached checkpoint)
 
     def unavailable(self, device: str) -> str | None:
         """None when this runtime can run on ``device`` here, else one line: why, and how to get it."""
@@ -101,13 +106,17 @@ class Runtime:
 
             raise UserError(reason)
         t0 = time.perf_counter()
-        if artifact_dir is None:
+        if artifact_dir is None and not self.exports:
+            runner = self._prepare(model.eval(), device, memory_format, example_batch, None)
+        elif artifact_dir is None:
             with tempfile.TemporaryDirectory(prefix=f"vggprune-{self.name}-") as tmp:
                 runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(tmp))
                 runner.files = []  # gone with the temporary directory; their size is kept
         else:
             runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(artifact_dir))
         runner(runner.adapt(example_batch))
+        if device == "cuda":
+            torch.cuda.synchronize()  # the first call's kernels end here, not inside someone's timed round
         runner.prepare_seconds = round(time.perf_counter() - t0, 3)
         return runner
 
@@ -203,12 +212,3 @@ def _meta_matches(final: Path, meta: dict[str, Any]) -> bool:
         return json.loads((final / META).read_text()) == json.loads(json.dumps(meta))
     except (OSError, ValueError):
         return False
-
-
-def package_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from vggprune.errors import UserError
+from vggprune.machine import package_version
 from vggprune.runtimes_base import (
     DEPLOY_HINT,
     Runner,
     Runtime,
     dir_size,
     model_fingerprint,
-    package_version,
     published_dir,
 )
 
@@ -117,24 +118,39 @@ class OnnxRuntimeRuntime(Runtime):
         return so
 
     @staticmethod
-    def providers(device: str) -> list:
+    def providers(device: str, stream: int = 0) -> list:
+        """CPU, or CUDA on ``stream`` in strict float32 (ORT's CUDA provider defaults to TF32 too)."""
         if device != "cuda":
             return ["CPUExecutionProvider"]
-        # ORT runs on torch's current stream, so the harness's torch.cuda.synchronize() covers its
-        # kernels and inputs written by torch are ready before ORT reads them.
-        index = torch.cuda.current_device()
-        stream = torch.cuda.current_stream(index).cuda_stream
-        return [("CUDAExecutionProvider", {"device_id": str(index), "user_compute_stream": str(stream),
-                                           "has_user_compute_stream": "1"}), "CPUExecutionProvider"]
+        # A stream pointer of 0 (torch's legacy default stream) is ignored by ORT, which then runs on a
+        # stream of its own: the caller passes a real stream so CUDA events around a call time ORT's kernels.
+        options = {"device_id": str(torch.cuda.current_device()), "use_tf32": "0"}
+        if stream:
+            options.update(user_compute_stream=str(stream), has_user_compute_stream="1")
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
     def _prepare(self, model, device, memory_format, example_batch, artifact_dir):
         import onnxruntime
 
         files, reused = export_onnx(model, example_batch, artifact_dir)
-        session = onnxruntime.InferenceSession(str(files[0]), self.session_options(), providers=self.providers(device))
-        forward = _cuda_forward(session) if device == "cuda" else _cpu_forward(session)
-        return Runner(self.name, device, forward, files=files, size_bytes=dir_size(files), reused=reused,
-                      details={"providers": session.get_providers(), "onnxruntime": onnxruntime.__version__})
+        stream = torch.cuda.Stream() if device == "cuda" else None
+        session = onnxruntime.InferenceSession(str(files[0]), self.session_options(),
+                                               providers=self.providers(device, stream.cuda_stream if stream else 0))
+        check_providers(session.get_providers(), device)
+        forward = _cuda_forward(session, stream) if device == "cuda" else _cpu_forward(session)
+        runner = Runner(self.name, device, forward, files=files, size_bytes=dir_size(files), reused=reused,
+                        details={"providers": session.get_providers(), "onnxruntime": onnxruntime.__version__})
+        runner.stream = stream  # timed calls run and record their events on it
+        return runner
+
+
+def check_providers(active: list[str], device: str) -> None:
+    """Refuse a session that silently fell back to the CPU: onnxruntime-gpu lists its CUDA provider even
+    when CUDA or cuDNN libraries fail to load, and then builds a CPU-only session."""
+    if device == "cuda" and (not active or active[0] != "CUDAExecutionProvider"):
+        raise UserError(f"onnxruntime built a session on {', '.join(active) or 'no provider'} instead of "
+                        "CUDAExecutionProvider (its CUDA or cuDNN libraries did not load; see ORT's log above): "
+                        "install the onnxruntime-gpu build that matches this CUDA and cuDNN")
 
 
 def _cpu_forward(session):
@@ -144,20 +160,25 @@ def _cpu_forward(session):
     return forward
 
 
-def _cuda_forward(session):
-    """Run on CUDA tensors in place (IO binding): no host round trip, logits stay on the GPU."""
+def _cuda_forward(session, stream):
+    """Run on CUDA tensors in place (IO binding): no host round trip, logits stay on the GPU. ORT works on
+    ``stream``, ordered after the caller's stream (which wrote the input) and before its next use of the logits."""
     import numpy as np
 
     num_classes = session.get_outputs()[0].shape[1]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.contiguous()
-        out = torch.empty((batch.shape[0], num_classes), device=batch.device, dtype=torch.float32)
-        binding = session.io_binding()
-        index = batch.device.index or 0
-        binding.bind_input(INPUT, "cuda", index, np.float32, tuple(batch.shape), batch.data_ptr())
-        binding.bind_output(OUTPUT, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
-        session.run_with_iobinding(binding)
+        caller = torch.cuda.current_stream()
+        stream.wait_stream(caller)
+        with torch.cuda.stream(stream):
+            batch = batch.contiguous()
+            out = torch.empty((batch.shape[0], num_classes), device=batch.device, dtype=torch.float32)
+            binding = session.io_binding()
+            index = batch.device.index or 0
+            binding.bind_input(INPUT, "cuda", index, np.float32, tuple(batch.shape), batch.data_ptr())
+            binding.bind_output(OUTPUT, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+            session.run_with_iobinding(binding)
+        caller.wait_stream(stream)
         return out
 
     return forward
@@ -177,11 +198,11 @@ class OpenVINORuntime(Runtime):
     modules = ("openvino",)
 
     def unavailable(self, device: str) -> str | None:
+        if device != "cpu":  # said first: installing openvino would not help
+            return f"openvino runs on cpu only here (its GPU plugin is for Intel GPUs), not on {device}"
         missing = _missing("openvino", "onnx", "onnxscript")
         if missing:
             return f"{self.name} needs {missing}: {DEPLOY_HINT}"
-        if device != "cpu":
-            return f"openvino runs on cpu only here (its GPU plugin is for Intel GPUs), not on {device}"
         return super().unavailable(device)
 
     @staticmethod

@@ -50,12 +50,6 @@ def _state_file(model: nn.Module, artifact_dir: Path, subdir: str, payload) -> t
     return [final / STATE_FILE], reused
 
 
-def _checkpoint_payload(model: nn.Module):
-    from vggprune.checkpoint import model_payload
-
-    return model_payload(model) if hasattr(model, "spec") else {"state_dict": model.state_dict()}
-
-
 class _TorchRuntime(Runtime):
     heap_forward = True  # see latency.heap_only
 
@@ -63,25 +57,36 @@ class _TorchRuntime(Runtime):
         return model
 
     def _files(self, model: nn.Module, module: nn.Module, artifact_dir: Path) -> tuple[list[Path], bool]:
-        return _state_file(model, artifact_dir, "state_dict", lambda: _checkpoint_payload(model))
+        raise NotImplementedError  # runtimes that export say what they write
 
     def _wrap(self, module: nn.Module, example_batch: torch.Tensor) -> nn.Module:
         return module
 
     def _prepare(self, model, device, memory_format, example_batch, artifact_dir):
         module = self._module(model)
-        files, reused = self._files(model, module, artifact_dir)
+        if self.exports:
+            files, reused = self._files(model, module, artifact_dir)
+            size = dir_size(files)
+        else:  # ships the checkpoint the pipeline cached: its size is the state_dict's tensors
+            files, reused = [], True
+            size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         if module is model:  # a separate copy for the device, so the caller's CPU model stays as it was
             module = copy.deepcopy(model)
         module = module.to(device=device, memory_format=MEMORY_FORMATS[memory_format]).eval()
-        return Runner(self.name, device, self._wrap(module, example_batch), files=files, size_bytes=dir_size(files),
+        return Runner(self.name, device, self._wrap(module, example_batch), files=files, size_bytes=size,
                       input_memory_format=memory_format, reused=reused, heap_forward=self.heap_forward)
 
 
 class EagerRuntime(_TorchRuntime):
-    """The model as trained, in PyTorch eager mode."""
+    """The model as trained, in PyTorch eager mode: the reference every other runtime is checked against.
+
+    What it ships is the checkpoint the pipeline already cached, so it writes no files of its own;
+    its size is the state_dict's tensors.
+    """
 
     name = "eager"
+    reference = True
+    exports = False
 
 
 class FusedRuntime(_TorchRuntime):
@@ -112,6 +117,9 @@ class CompileRuntime(_TorchRuntime):
     """
 
     name = "compile"
+    fresh_copies = False  # a fresh copy would mean compiling again per block
+    in_workers = False
+    exports = False  # ships the eager checkpoint, already in the cache
     heap_forward = False  # a call may compile (a new batch size), and compiler buffers must not stay in the heap
 
     def unavailable(self, device: str) -> str | None:

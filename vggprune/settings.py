@@ -52,6 +52,7 @@ class RunSettings:
     weights: Path | None = None
     cache_dir: Path | None = None
     use_cache: bool = True
+    train_device: str | None = None  # None: CUDA when available (vggprune.train.resolve_device)
     threads: int = 1
     processes: int = 1  # processes a CPU case's rounds are timed in; 1 = no worker processes
     run_spread: float = RUN_SPREAD  # between-run SD (log scale) the speed-up intervals allow for
@@ -135,6 +136,16 @@ def resolve_devices(text: str, cuda_available: bool) -> tuple[str, ...]:
     if "cuda" in devices and not cuda_available:
         raise UserError("--devices: CUDA was asked for but torch.cuda.is_available() is False on this machine")
     return devices
+
+
+def resolve_train_device(text: str | None, cuda_available: bool) -> str | None:
+    """None (auto: CUDA when present), "cpu" or "cuda"; CUDA asked for without one is refused now."""
+    if not text or text == "auto":
+        return None
+    device = _choice("--train-device", text, ("auto", "cpu", "cuda"))
+    if device == "cuda" and not cuda_available:
+        raise UserError("--train-device: cuda was asked for but torch.cuda.is_available() is False on this machine")
+    return device
 
 
 def existing_file(option: str, text: str | None) -> Path | None:
@@ -241,6 +252,7 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
         weights=existing_file("--weights", raw.get("weights")),
         cache_dir=Path(str(raw["cache_dir"])).expanduser() if raw.get("cache_dir") else None,
         use_cache=not raw.get("no_cache"),
+        train_device=resolve_train_device(raw.get("train_device"), cuda_available),
         threads=threads,
         processes=(int_in_range("--timing-processes", raw["timing_processes"], 1, MAX_PROCESSES)
                    if raw.get("timing_processes") else TIMING_PROCESSES),

@@ -91,7 +91,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
-        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        # non_blocking only overlaps the copy when the source is pinned; from pageable memory it is a sync copy
+        return x.to(device, non_blocking=x.is_pinned(), memory_format=torch.channels_last)
     return x
 
 
@@ -140,30 +141,31 @@ class Evaluation:
         return self.top5_hits / self.n
 
 
-@torch.inference_mode()
 def evaluate_images(model: nn.Module, loader: DataLoader, device: str | torch.device | None = "cpu",
                     progress: bool | None = False, desc: str = "eval") -> Evaluation:
     """Score ``model`` on every item of ``loader``, keeping which items it got right (top-1).
 
     The model is moved to ``device`` and left there, in eval mode (callers that hand it on move it back).
+    The move happens before inference mode starts: a move inside it would turn the parameters into
+    inference tensors, and a model fine-tuned afterwards could not be trained. Scored in float32, the
+    precision that is timed, so a gate never judges a model under autocast that is not what it publishes.
     """
     dev = resolve_device(device)
     model.to(dev).eval()
     hits: list[torch.Tensor] = []
     c5 = 0
     loss_sum = 0.0
-    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda")
     bar = _progress_bar(len(loader), desc, progress_enabled(progress))
     try:
-        for x, y in loader:
-            x, y = _to_device(x, dev), y.to(dev)
-            with autocast:
+        with torch.inference_mode():
+            for x, y in loader:
+                x, y = _to_device(x, dev), y.to(dev)
                 logits = model(x)
-            loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            top1_hits, top5_hits = topk_hits(logits, y, (1, 5))
-            hits.append(top1_hits.cpu())
-            c5 += int(top5_hits.sum())
-            bar.update(1)
+                loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+                top1_hits, top5_hits = topk_hits(logits, y, (1, 5))
+                hits.append(top1_hits.cpu())
+                c5 += int(top5_hits.sum())
+                bar.update(1)
     finally:
         bar.close()
     flags = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)

@@ -28,16 +28,12 @@ from typing import TypeVar
 
 import torch
 
-from vggprune.identity import DEFAULT_RUNTIME
-from vggprune.latency import PairedRounds, TimedForward, make_batch, measure, prepare_for_inference, steady_allocator
+from vggprune.latency import PairedRounds, TimedForward, make_batch, measure, steady_allocator
 
 
 def deployable(model: torch.nn.Module, runtime: str, device: str, memory_format: str, image_size: int,
                artifact_dir: Path | None):
-    """A fresh copy of ``model`` ready to time: an eval-mode copy for eager, else a new session of
-    ``runtime`` on its already exported files."""
-    if runtime == DEFAULT_RUNTIME:
-        return prepare_for_inference(model, device, memory_format)
+    """A fresh copy of ``model`` ready to time: a new runner of ``runtime`` (on its already exported files)."""
     from vggprune.runtimes import get_runtime
 
     return get_runtime(runtime).prepare(model, device, memory_format, make_batch(1, image_size, "cpu"), artifact_dir)
@@ -81,10 +77,9 @@ def model_from_bytes(data: bytes) -> torch.nn.Module:
     return model_from_payload(torch.load(io.BytesIO(data), weights_only=True), "timing block")
 
 
-def timed_pair(base, case, runtime: str, batch: torch.Tensor) -> tuple[TimedForward, TimedForward]:
-    """(base, case) timed callables on one batch, in the layout the runtime takes without a copy."""
-    if runtime != DEFAULT_RUNTIME:
-        batch = case.adapt(batch)
+def timed_pair(base, case, batch: torch.Tensor) -> tuple[TimedForward, TimedForward]:
+    """(base, case) timed callables (runners) on one batch, in the layout the runtime takes without a copy."""
+    batch = case.adapt(batch)
     return TimedForward(base, batch), TimedForward(case, batch)
 
 
@@ -115,7 +110,7 @@ def time_block(block: Block) -> tuple[list[float], list[float]]:
 
     base, case = in_turn([maker(block.base, block.base_artifacts), maker(block.case, block.case_artifacts)],
                          block.turn)
-    base_forward, case_forward = timed_pair(base, case, block.runtime, make_batch(
+    base_forward, case_forward = timed_pair(base, case, make_batch(
         block.batch_size, block.image_size, block.device, memory_format=block.memory_format))
     paired = PairedRounds(base_forward, warmup=block.warmup, seed=block.seed)
     seconds = measure(case_forward, block.rounds, block.warmup, paired=paired)

@@ -13,12 +13,13 @@ from vggprune.pruning.plan import (
     check_rate,
     kept_count,
     make_plan,
+    model_key,
     parse_rates,
 )
 from vggprune.pruning.tp_backend import apply_torch_pruning
 
-__all__ = ["CRITERIA", "METHODS", "SCOPES", "PruningPlan", "check_rate", "kept_count", "make_plan", "parse_rates",
-           "prune"]
+__all__ = ["CRITERIA", "METHODS", "SCOPES", "PruningPlan", "check_rate", "kept_count", "make_plan", "model_key",
+           "parse_rates", "prune"]
 
 _BACKENDS = {"torch-pruning": apply_torch_pruning, "by-hand": apply_by_hand}
 

@@ -17,6 +17,7 @@ import torch
 # The choices and their checks live in vggprune.choices (no torch), so the CLI can offer them cheaply.
 from vggprune.choices import CRITERIA, METHODS, SCOPES, check_choice, check_rate, parse_rates  # noqa: F401
 from vggprune.errors import UserError
+from vggprune.identity import BASE, ModelKey
 from vggprune.models import VGG11, VGGSpec, check_vgg11
 
 
@@ -97,3 +98,13 @@ def make_plan(model: VGG11, rate: float, scope: str = "fc", criterion: str = "l2
         tuple(len(k) if k is not None else f.out_features for k, f in zip(fc_keep, fcs)),
     )
     return PruningPlan(conv_keep, fc_keep, spec)
+
+
+def model_key(method: str, scope: str, rate: float, criterion: str = "l2", round_to: int = 1) -> ModelKey:
+    """The checked name of one model (the one place case axes are validated); rate 0 is the base."""
+    check_choice("method", method, METHODS)
+    check_choice("scope", scope, SCOPES)
+    check_choice("criterion", criterion, CRITERIA)
+    check_round_to(round_to)
+    rate = check_rate(rate)
+    return BASE if rate == 0.0 else ModelKey(method, scope, rate, criterion, round_to)
