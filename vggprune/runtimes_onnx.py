@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from vggprune.cache import published_dir
 from vggprune.runtimes_base import (
     DEPLOY_HINT,
     Runner,
@@ -26,7 +27,6 @@ from vggprune.runtimes_base import (
     dir_size,
     model_fingerprint,
     package_version,
-    published_dir,
 )
 
 ONNX_FILE = "model.onnx"
