@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vggprune.cache import is_private
 from vggprune.latency import MEMORY_FORMATS
 
 DEPLOY_HINT = "pip install -e '.[deploy]'"
@@ -105,8 +106,6 @@ class Runtime:
                 runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(tmp))
                 runner.files = []  # gone with the temporary directory; their size is kept
         else:
-            from vggprune.cache import is_private
-
             runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(artifact_dir))
             if any(is_private(f) for f in runner.files):  # the cache refused them: gone at exit
                 runner.files = []
