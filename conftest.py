@@ -61,8 +61,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_json = target.with_name(f".{target.name}.{os.getpid()}.bench.tmp")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    bench = getattr(session.config, "_benchmarksession", None)
+    if getattr(session.config, "_vggprune_json_target", None) is None or not hasattr(bench, "save_json"):
+        return
+    save_json = bench.save_json
+
+    def save_or_note_the_failure(output_json) -> None:
+        # A full disk while pytest-benchmark writes the temporary file must not end the run in a
+        # traceback, nor leave half a JSON to be moved into place: note it for pytest_unconfigure.
+        try:
+            save_json(output_json)
+        except OSError as exc:
+            session.config._vggprune_json_failure = exc
+
+    bench.save_json = save_or_note_the_failure
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config._vggprune_exitstatus = exitstatus
+    if getattr(session.config, "_vggprune_json_failure", None) is not None and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the run's results were lost: not a success
 
 
 def partial_path(target: Path) -> Path:
@@ -74,6 +93,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if target is None:
         return
     tmp = Path(config.option.benchmark_json)
+    failure = getattr(config, "_vggprune_json_failure", None)
+    if failure is not None:
+        tmp.unlink(missing_ok=True)
+        print(f"vggprune: cannot write {target}: {(failure.strerror or str(failure)).lower()} "
+              f"({'it was left as it was' if target.exists() else 'no results were written'})")
+        return
     if not tmp.exists():
         return
     status = getattr(config, "_vggprune_exitstatus", pytest.ExitCode.INTERRUPTED)

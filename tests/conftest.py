@@ -38,3 +38,34 @@ def small_model():
     from vggprune import build_vgg11
 
     return randomize_(build_vgg11("small", num_classes=10))
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KB tmpfs: a real "no space left on device" (needs root; skipped elsewhere, where the fake
+    writers raising ENOSPC stand in)."""
+    import os
+    import subprocess
+
+    where = tmp_path / "full"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(directory) -> None:
+    """Fill the file system holding ``directory`` to the last byte."""
+    import errno
+    from pathlib import Path
+
+    with open(Path(directory) / "filler", "wb", buffering=0) as f:  # unbuffered: nothing left to flush
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC

@@ -286,3 +286,53 @@ def test_timing_processes_time_one_block_in_each_worker_process(bench, tmp_path)
         assert info["blocks"] == 3
         assert len(bench_entry["stats"]["data"]) == len(info["base_times_s"]) == info["rounds"] == 7
         assert not info["contended"] or info["other_cpu_cores"] > 0.1  # the workers' CPU is not contention
+
+
+# The cache's faults, as a new user meets them: each is one CacheWarning and the cases still pass.
+FAULT_RUN = [*SMALL_RUN, "--rates", "0", "--batch-sizes", "1", "--latency-rounds", "2", "--latency-warmup", "0"]
+
+
+def cache_warning_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stdout.lines if "CacheWarning" in line]
+
+
+def test_a_truncated_onnx_export_in_the_cache_is_rebuilt_with_one_warning(bench, shared_cache):
+    pytest.importorskip("onnxruntime")
+    bench.runpytest_subprocess("bench", *FAULT_RUN, "--runtimes", "onnxruntime").assert_outcomes(passed=2)
+    [export] = shared_cache.glob("exports/quick-small-base-r0.00/onnx/model.onnx")
+    with open(export, "r+b") as f:
+        f.truncate(100)
+    result = bench.runpytest_subprocess("bench", *FAULT_RUN, "--runtimes", "onnxruntime")
+    result.assert_outcomes(passed=2)
+    [line] = cache_warning_lines(result)
+    assert f"cache file {export} is unreadable (100 bytes where" in line and "rebuilding it" in line
+
+
+def run_on_an_unwritable_cache(bench, cache: Path, tmp_path: Path, monkeypatch) -> str:
+    """One uncached run (a 3-epoch base) on ``cache``: its one CacheWarning; no private export left."""
+    pytest.importorskip("onnxruntime")
+    private = tmp_path / "tmp"
+    private.mkdir()
+    lax = tmp_path / "lax.json"  # a few epochs are enough to beat chance, not the committed gate
+    lax.write_text(json.dumps({"quick": {"base_min_top1": 0.0, "scopes": {}}}))
+    monkeypatch.setenv("VGGPRUNE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("TMPDIR", str(private))
+    result = bench.runpytest_subprocess("bench", *FAULT_RUN, "--epochs", "3", f"--thresholds={lax}", "-k", "inference",
+                                        "--runtimes", "eager,fused,onnxruntime")
+    result.assert_outcomes(passed=3, deselected=1)
+    assert not list(private.glob("vggprune-*"))  # the private export directory went at exit
+    [line] = cache_warning_lines(result)
+    return line
+
+
+def test_a_cache_dir_that_is_a_file_is_one_warning_and_every_case_passes(bench, tmp_path, monkeypatch):
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a directory")
+    line = run_on_an_unwritable_cache(bench, blocker, tmp_path, monkeypatch)
+    assert f"cannot write cache file {blocker}" in line and "(not a directory)" in line
+
+
+def test_a_cache_on_a_full_disk_is_one_warning_and_leaves_no_partial_file(bench, full_disk, tmp_path, monkeypatch):
+    line = run_on_an_unwritable_cache(bench, full_disk, tmp_path, monkeypatch)
+    assert f"cannot write cache file {full_disk}" in line and "(no space left on device)" in line
+    assert [p.name for p in full_disk.rglob("*") if p.is_file() and p.suffix != ".lock"] == []

@@ -24,9 +24,30 @@ _TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 
 
 def current_umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    try:  # read it without changing it: os.umask can only set, and other threads may create files meanwhile
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only portable way to read it is to set it
     os.umask(mask)
     return mask
+
+
+def write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` when it is a failed write, else None.
+
+    torch's zip writer reports a full disk as a RuntimeError ("unexpected pos") raised while the
+    OSError from the file is handled, so the cause and context chain is searched too.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def check_output_file(path: str | os.PathLike, option: str = "output") -> Path:
@@ -104,8 +125,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file; the message must say which
         raise
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vggprune.atomic import atomic_file, deferred_signals
+from vggprune.atomic import atomic_file, deferred_signals, write_failure
 from vggprune.errors import UserError
 from vggprune.models import VARIANTS, VGG11, VGGSpec, check_vgg11
 
@@ -44,10 +44,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically: readers and concurrent runs never see half a checkpoint.
 
     SIGINT/SIGTERM wait for the write to end (then interrupt), so neither a RuntimeError from inside
-    torch's writer nor a half-written temporary file is left behind.
+    torch's writer nor a half-written temporary file is left behind. A failed write (a full disk) is
+    raised as its OSError, naming ``path``, not as the RuntimeError torch's writer wraps it in.
     """
-    with deferred_signals(), atomic_file(path) as f:
-        torch.save(obj, f)
+    try:
+        with deferred_signals(), atomic_file(path) as f:
+            torch.save(obj, f)
+    except RuntimeError as exc:
+        failure = write_failure(exc)
+        if failure is None:
+            raise
+        raise OSError(failure.errno, failure.strerror, str(path)) from None
     return Path(path)
 
 

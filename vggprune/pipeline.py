@@ -16,13 +16,12 @@ from __future__ import annotations
 import copy
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vggprune.cache import CACHE_LAYOUT, NO_CACHE_ENV, CacheWarning, CheckpointCache, library_versions
+from vggprune.cache import CACHE_LAYOUT, NO_CACHE_ENV, CheckpointCache, library_versions, rebuilding
 from vggprune.data import (
     DOWNLOAD_ENV,
     SPLITS,
@@ -289,8 +288,7 @@ class Pipeline:
             if not isinstance(extra["test_fingerprint"], str):
                 raise ValueError("no test-set fingerprint")
         except (KeyError, TypeError, ValueError) as exc:
-            warnings.warn(f"cache file {entry.path} lacks valid per-image results ({type(exc).__name__}: "
-                          f"{str(exc)[:120]}); rebuilding it", CacheWarning, stacklevel=3)
+            rebuilding(entry.path, f"it lacks valid per-image results ({type(exc).__name__}: {str(exc)[:120]})")
             return None
         info = {k: v for k, v in extra.items() if k not in ("cache_key", *_RESULT_FIELDS)}
         return CaseResult(entry.model, extra["correct"], extra["top5"], None, entry.path, time.perf_counter() - t0,

@@ -1,5 +1,6 @@
 """What every runtime shares: the :class:`Runtime` interface, the :class:`Runner` it returns, and the
-cached, atomically published artefact directories (state_dict files, ONNX exports) runners ship.
+fingerprint that keys the artefact directories (state_dict files, ONNX exports) runners ship; those
+are published, checked and rebuilt by the cache's policy (:func:`vggprune.cache.published_dir`).
 
 A runtime is a small class: ``unavailable(device)`` says in one line why it cannot run (or None), and
 ``prepare(...)`` turns an eval-mode VGG11 into a :class:`Runner`, a callable ``batch -> logits``.
@@ -10,9 +11,6 @@ importing vggprune never needs them.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vggprune.cache import is_private
 from vggprune.latency import MEMORY_FORMATS
 
 DEPLOY_HINT = "pip install -e '.[deploy]'"
@@ -96,7 +95,8 @@ class Runtime:
         run once, so compile and first-run costs land here, not in the timed rounds. Files go in
         ``artifact_dir`` (the caller keys it per model, e.g. beside the cached checkpoint) and are
         reused when already there for this model; with None they go in a temporary directory that
-        is removed again (``files`` is then empty, ``size_bytes`` still measured).
+        is removed again (``files`` is then empty, ``size_bytes`` still measured), as they do when the
+        cache cannot take them.
         """
         import time
 
@@ -114,6 +114,8 @@ class Runtime:
                 runner.files = []  # gone with the temporary directory; their size is kept
         else:
             runner = self._prepare(model.eval(), device, memory_format, example_batch, Path(artifact_dir))
+            if any(is_private(f) for f in runner.files):  # the cache refused them: gone at exit
+                runner.files = []
         runner(runner.adapt(example_batch))
         if device == "cuda":
             torch.cuda.synchronize()  # the first call's kernels end here, not inside someone's timed round
@@ -125,10 +127,7 @@ class Runtime:
         raise NotImplementedError
 
 
-# Artefacts --------------------------------------------------------------------------------------------
-META = "meta.json"
-
-
+# Artefacts (published and checked by vggprune.cache.published_dir) ----------------------------------------
 # model -> (what its weights were when hashed, the hash); dropped with the model
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -156,59 +155,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    try:  # read it without changing it (os.umask can only set)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def dir_size(files: list[Path]) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def published_dir(final: Path, meta: dict[str, Any], build: Callable[[Path], None]) -> tuple[Path, bool]:
-    """``final`` holding what ``build(tmp_dir)`` writes, for the model and settings in ``meta``.
-
-    Returns ``(final, reused)``. When ``final`` already holds a build with the same ``meta`` it is
-    reused untouched. Otherwise ``build`` writes into a temporary sibling directory (permissions
-    from the umask, not mkdtemp's 0700), ``meta.json`` is written last, and the directory is renamed
-    into place, so readers and concurrent runs see a complete build or none. If another process
-    published first, its build is used and ours discarded.
-    """
-    if _meta_matches(final, meta):
-        return final, True
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        build(tmp)
-        (tmp / META).write_text(json.dumps(meta, sort_keys=True, indent=1))
-        stale = None
-        if final.exists():  # a build for other weights or settings: move it aside, then replace it
-            stale = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-            os.replace(final, stale / final.name)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _meta_matches(final, meta):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run published the same build first
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final, False
-
-
-def _meta_matches(final: Path, meta: dict[str, Any]) -> bool:
-    try:
-        return json.loads((final / META).read_text()) == json.loads(json.dumps(meta))
-    except (OSError, ValueError):
-        return False

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from vggprune.cache import published_dir
 from vggprune.errors import UserError
 from vggprune.machine import package_version
 from vggprune.runtimes_base import (
@@ -27,7 +28,6 @@ from vggprune.runtimes_base import (
     Runtime,
     dir_size,
     model_fingerprint,
-    published_dir,
 )
 
 ONNX_FILE = "model.onnx"
@@ -58,7 +58,9 @@ def export_onnx(model: torch.nn.Module, example_batch: torch.Tensor, artifact_di
     """``[model.onnx, model.onnx.data]`` in ``artifact_dir/onnx``, exported unless already there.
 
     Returns ``(files, reused)``. The export is keyed by the weights' fingerprint, the input's
-    channels and size, and the exporter's versions, so stale files are re-exported, never reused.
+    channels and size, and the exporter's versions, so stale files are re-exported, never reused;
+    a truncated or garbled file, or a missing ``.data`` file, fails its recorded size or digest and is
+    exported again (see :func:`vggprune.cache.published_dir`).
     """
     _, c, h, w = example_batch.shape
     meta = {"kind": "onnx", "fingerprint": model_fingerprint(model), "input": [c, h, w], "batch": "dynamic",

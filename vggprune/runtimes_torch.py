@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vggprune.cache import published_dir
 from vggprune.latency import MEMORY_FORMATS
-from vggprune.runtimes_base import Runner, Runtime, dir_size, model_fingerprint, published_dir
+from vggprune.runtimes_base import Runner, Runtime, dir_size, model_fingerprint
 
 STATE_FILE = "model.pt"
 RECOMPILE_LIMIT = 64
@@ -44,7 +45,8 @@ def _state_file(model: nn.Module, artifact_dir: Path, subdir: str, payload) -> t
     meta = {"kind": subdir, "fingerprint": model_fingerprint(model), "torch": torch.__version__}
 
     def build(tmp: Path) -> None:
-        torch.save(payload(), tmp / STATE_FILE)
+        with open(tmp / STATE_FILE, "wb") as f:  # through Python's file: a full disk is an OSError, not a torch error
+            torch.save(payload(), f)
 
     final, reused = published_dir(artifact_dir / subdir, meta, build)
     return [final / STATE_FILE], reused
