@@ -10,7 +10,6 @@ cases model-major.
 from __future__ import annotations
 
 import itertools
-import platform
 import zlib
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from vggprune.latency import (
     prepare_for_inference,
     summarize,
 )
+from vggprune.machine import cpu_model
 from vggprune.results import SCHEMA, CaseRecord
 from vggprune.settings import RunSettings
 from vggprune.stats import correct_interval
@@ -50,6 +50,8 @@ class PreparedModel:
     runners: dict[str, object] = field(default_factory=dict)  # (runtime, device, copy) → runtimes.Runner
     verified: dict[str, object] = field(default_factory=dict)  # (runtime, device) → runtimes.Verification
     payload: bytes | None = None  # the model as checkpoint bytes, for timing workers
+    from_cache: bool = False  # loaded from the checkpoint cache rather than trained in this run
+    trained_on: dict | None = None  # the machine that trained it (see vggprune.machine.trained_on)
     _sha: str | None = None
 
     @property
@@ -72,31 +74,6 @@ def library_versions() -> dict[str, str]:
     except Exception:  # not installed: reported, not fatal
         tp_version = "not installed"
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "torch_pruning": tp_version}
-
-
-# The widest vector extension decides which kernels oneDNN/MKL run, hence speed and trained weights.
-_ISA_LEVELS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"),
-               ("asimd", "NEON"))
-
-
-def cpu_model() -> str:
-    """The CPU's name and widest vector ISA, e.g. 'AMD EPYC [AVX512-BF16]': VMs often report only a
-    family name, and two CPUs of one family with different ISAs run different kernels."""
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if not name and key in ("model name", "hardware", "cpu model"):
-                    name = value.strip()
-                elif not flags and key in ("flags", "features"):
-                    flags = set(value.split())
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    isa = next((label for flag, label in _ISA_LEVELS if flag in flags), None)
-    return f"{name} [{isa}]" if isa else name
 
 
 def device_name(device: str) -> str:
@@ -137,7 +114,8 @@ class Harness:
         params, macs = count_params_macs(model, self.profile.image_size)
         return PreparedModel(key, model, params, macs, res.top1, res.top5, res.reason,
                              correct=res.correct, top1_before_finetune=res.top1_before_finetune,
-                             correct_before_finetune=res.correct_before_finetune)
+                             correct_before_finetune=res.correct_before_finetune, from_cache=res.from_cache,
+                             trained_on=res.info.get("trained_on"))
 
     @property
     def base(self) -> PreparedModel:
@@ -184,9 +162,7 @@ class Harness:
 
     def _artifacts(self, prepared: PreparedModel, runtime: str):
         # compile ships the eager checkpoint, already in the cache: no second copy of it
-        if not self.pipeline.cache.enabled or runtime == "compile":
-            return None
-        return self.pipeline.cache.root / "exports" / prepared.key.cache_name(self.profile.name, self.profile.model)
+        return None if runtime == "compile" else self.pipeline.export_dir(prepared.key)
 
     def verify_runtime(self, prepared: PreparedModel, runtime: str, device: str):
         """The runtime's outputs against eager PyTorch on the test split (a fixed random batch without
@@ -366,6 +342,7 @@ class Harness:
             theoretical_speedup=round(base.macs / prepared.macs, 4),
             conv_widths=list(prepared.model.spec.conv_widths), fc_widths=list(prepared.model.spec.fc_widths),
             size_mb=self.size_mb(prepared, case.runtime, case.device), weights_sha256=prepared.weights_sha256,
+            from_cache=prepared.from_cache, trained_on=prepared.trained_on,
             accuracy=prepared.top1, accuracy_ci=_ci(prepared.correct), correct=prepared.correct,
             accuracy_reason=prepared.reason if prepared.top1 is None else None, top5=prepared.top5,
             base_accuracy=base.top1, accuracy_before_finetune=prepared.top1_before_finetune,
