@@ -20,6 +20,7 @@ from vggprune.cli import main
 from vggprune.errors import UserError
 from vggprune.latency import summarize
 from vggprune.report import CSV_FIELDS, load_rows, load_run, marks, render, summary_tables
+from vggprune.results import SCHEMA
 from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -194,8 +195,8 @@ def test_merge_cpu_run_with_gpu_run_from_another_machine():
     runs, rows = load_rows([CPU, GPU])
     assert len(rows) == len(extras(CPU)) + len(extras(GPU))
     node = raw(CPU)["machine_info"]["node"]
-    # the same device type from two machines gets two columns; the lone cuda keeps its name
-    assert {r["device_label"] for r in rows} == {f"cpu@{node}", "cpu@gpu-box", "cuda"}
+    # runs from two machines: every column names its machine, the lone cuda included
+    assert {r["device_label"] for r in rows} == {f"cpu@{node}", "cpu@gpu-box", "cuda@gpu-box"}
     gpu_cases = extras(GPU)
     for r in rows:
         if r["device"] == "cuda":
@@ -208,19 +209,26 @@ def test_merge_cpu_run_with_gpu_run_from_another_machine():
             low, high = r["vs_cpu_speedup_ci"]  # timed apart: an unpaired interval, but never none
             assert low < r["vs_cpu_speedup"] < high
     table = summary_tables(rows)[0]
-    assert "cuda vs cpu@gpu-box × (95 % CI)" in table.headers and f"cpu@{node} p50 ms (IQR)" in table.headers
-    assert table.headers.index(f"cpu@{node} p50 ms (IQR)") < table.headers.index("cuda p50 ms (IQR)")  # CPU first
+    assert "cuda@gpu-box vs cpu@gpu-box × (95 % CI)" in table.headers
+    assert f"cpu@{node} p50 ms (IQR)" in table.headers
+    assert table.headers.index(f"cpu@{node} p50 ms (IQR)") < table.headers.index("cuda@gpu-box p50 ms (IQR)")
 
 
-def test_gpu_only_file_is_compared_with_the_only_cpu(tmp_path):
+def test_gpu_only_file_is_compared_with_the_only_cpu_and_each_column_names_its_machine(tmp_path):
     def cuda_only(data):
         data["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["device"] == "cuda"]
 
     _, rows = load_rows([CPU, variant(tmp_path, cuda_only, src=GPU)])
-    assert {r["device_label"] for r in rows} == {"cpu", "cuda"}
+    cpu = f"cpu@{raw(CPU)['machine_info']['node']}"
+    assert {r["device_label"] for r in rows} == {cpu, "cuda@gpu-box"}
     cuda = [r for r in rows if r["device"] == "cuda"]
-    assert cuda and all(r["vs_cpu_device"] == "cpu" and r["vs_cpu_speedup"] > 0 for r in cuda)
-    assert "cuda vs cpu × (95 % CI)" in summary_tables(rows)[0].headers
+    assert cuda and all(r["vs_cpu_device"] == cpu and r["vs_cpu_speedup"] > 0 for r in cuda)
+    assert f"cuda@gpu-box vs {cpu} × (95 % CI)" in summary_tables(rows)[0].headers
+
+
+def test_runs_from_one_machine_keep_plain_column_names(tmp_path):
+    _, rows = load_rows([CPU])
+    assert {r["device_label"] for r in rows} == {"cpu"}
 
 
 def test_the_same_run_twice_is_an_error_not_a_silent_pick(tmp_path):
@@ -257,12 +265,17 @@ def test_a_schema_2_file_reads_as_within_run_intervals(tmp_path):
             bench["extra_info"].pop("run_spread", None)
 
     run = load_run(variant(tmp_path, as_schema_2))
-    assert run.cases and {(c.schema, c.run_spread) for c in run.cases} == {(3, None)}  # spread not recorded
+    assert run.cases and {(c.schema, c.run_spread) for c in run.cases} == {(SCHEMA, None)}  # spread not recorded
+
+
+def test_an_older_file_does_not_say_how_its_models_were_got():
+    run = load_run(CPU)  # written before the record said where its checkpoints came from
+    assert run.cases[0].schema == SCHEMA and {(c.from_cache, c.trained_on) for c in run.cases} == {(None, None)}
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda e: e.clear(), "first release .no 'schema' field.; regenerate it"),
-    (lambda e: e.update(schema=99), "has results schema 99; this vggprune reads schemas 2..3"),
+    (lambda e: e.update(schema=99), f"has results schema 99; this vggprune reads schemas 2..{SCHEMA}"),
     (lambda e: e.update(schema=3), "lacks fields in extra_info: run_spread"),  # schema 3 writes it
     (lambda e: e.pop("latency_p50_ms"), "lacks fields in extra_info: latency_p50_ms"),
     (lambda e: e.update(bogus=1), "unknown fields in extra_info: bogus"),
@@ -296,14 +309,14 @@ def test_a_case_twice_in_one_file_is_an_error(tmp_path):
 def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
     assert main(["report", str(CPU), str(GPU), "--out", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("### profile") and "cuda vs cpu@gpu-box × (95 % CI)" in out
+    assert out.startswith("### profile") and "cuda@gpu-box vs cpu@gpu-box × (95 % CI)" in out
     names = {p.name for p in tmp_path.iterdir()}
     assert {"summary.md", "summary.csv", "summary.json"} <= names
     pngs = sorted(n for n in names if n.endswith(".png"))
     node = raw()["machine_info"]["node"]
-    assert pngs == sorted(["accuracy_vs_params_quick_small.png", "gpu_vs_cpu_quick_small_cuda.png"] + [
+    assert pngs == sorted(["accuracy_vs_params_quick_small.png", "gpu_vs_cpu_quick_small_cuda-gpu-box.png"] + [
         f"{kind}_quick_small_{device}.png" for kind in ("latency_vs_params", "speedup_vs_theoretical")
-        for device in ("cuda", "cpu-gpu-box", f"cpu-{node}")])
+        for device in ("cuda-gpu-box", "cpu-gpu-box", f"cpu-{node}")])
     assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
     assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave nothing behind
     assert "wrote 11 files" in err
@@ -321,9 +334,9 @@ def test_a_new_report_removes_what_an_earlier_one_wrote(tmp_path, capsys):
         "accuracy_vs_params_quick_small.png", "latency_vs_params_quick_small_cpu.png",
         "speedup_vs_theoretical_quick_small_cpu.png"]
     assert "notes.txt" in names
-    assert (f"removed 7 stale files of an earlier report: gpu_vs_cpu_quick_small_cuda.png, "
+    assert (f"removed 7 stale files of an earlier report: gpu_vs_cpu_quick_small_cuda-gpu-box.png, "
             f"latency_vs_params_quick_small_cpu-gpu-box.png, latency_vs_params_quick_small_cpu-{node}.png, "
-            f"latency_vs_params_quick_small_cuda.png") in capsys.readouterr().err
+            f"latency_vs_params_quick_small_cuda-gpu-box.png") in capsys.readouterr().err
 
 
 def test_cli_csv_to_stdout_without_plots(tmp_path, capsys):

@@ -248,6 +248,7 @@ class Harness:
             accuracy_before_finetune_ci=_ci(before),
             **self._verification(prepared, case),
             runtime_providers=runner.details.get("providers"),
+            from_cache=prepared.from_cache, trained_on=prepared.info.get("trained_on"),
             cpu_peak_mem_mb=self.peak.cpu_mb(), gpu_peak_mem_mb=self.peak.gpu_mb() if case.device == "cuda" else None,
             base_times_s=[float(s) for s in base_seconds],
             other_cpu_cores=watch.other_cores if watch else None,

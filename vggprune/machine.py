@@ -179,3 +179,11 @@ def rss_mb() -> float | None:
     """This process's resident memory now."""
     kb = _status_kb("self", "VmRSS")
     return None if kb is None else round(kb / 1024, 1)
+
+
+def trained_on(device: str) -> dict[str, Any]:
+    """The identity of the machine training on ``device`` now: what decides the trained weights
+    (CPU kernels, GPU, thread count) and the host, to find it again."""
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    return {"hostname": platform.node(), "cpu_model": cpu_model(), "gpu": gpu, "device": device,
+            "threads": torch.get_num_threads()}

@@ -77,10 +77,20 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
                                   "`vggprune calibration` measures your machine's"),
     Option("--thresholds", PATH, "accuracy gates file (default: the harness's bench/thresholds.json)"),
     Option("--expected-params", PATH, "exact parameter counts file (default: bench/expected_params.json)"),
+    # `vggprune prepare` only: where the models are trained (PREPARE below)
+    Option("--executor", VALUE, "serial (default: one model after another in this process) | ray (each pruned "
+                                "model a Ray task; needs pip install 'vggprune[ray]')"),
+    Option("--ray-address", VALUE, "Ray cluster to join: auto (the one running on this machine) or HOST:PORT "
+                                   "(default: start a local cluster for this run)"),
+    Option("--cpus-per-task", VALUE, "CPUs Ray reserves per task (default: --threads, the threads each task "
+                                     "trains with)"),
+    Option("--gpus-per-task", VALUE, "GPUs Ray reserves per task, e.g. 1 or 0.5 (default 0); above 0 the "
+                                     "models are trained, and keyed, on cuda"),
 )}
+PREPARE = ("executor", "ray_address", "cpus_per_task", "gpus_per_task")
 TRAINING = ("profile", "model", "image_size", "epochs", "finetune_epochs", "seed", "data_root", "download",
             "weights", "cache_dir", "no_cache", "train_device")
-HARNESS = tuple(OPTIONS)
+HARNESS = tuple(name for name in OPTIONS if name not in PREPARE)
 
 
 def add_options(addoption: Callable[..., Any], names: Iterable[str] = HARNESS, prefix: str = "",

@@ -34,6 +34,7 @@ from vggprune.data import (
 )
 from vggprune.errors import UserError
 from vggprune.identity import BASE, ModelKey
+from vggprune.machine import trained_on
 from vggprune.models import VGG11, VGGSpec, spec_for
 from vggprune.profiles import Profile
 from vggprune.pruning import prune
@@ -87,6 +88,17 @@ class CaseResult:
         return correct_interval(self.correct_before_finetune)
 
 
+@dataclass
+class Trained:
+    """A model just trained and scored, not yet stored: what a preparation task hands back to the
+    process that owns the cache (see :meth:`Pipeline.train` and :meth:`Pipeline.store`)."""
+
+    model: VGG11  # on CPU, eval mode
+    info: dict[str, Any]  # CaseResult.info: val accuracy, picked epoch, where it was trained…
+    results: dict[str, Any]  # the _RESULT_FIELDS: per-image test results and the test fingerprint
+    seconds: float  # pruning, training and scoring time
+
+
 class Pipeline:
     """Trains, prunes, fine-tunes and evaluates the cases of one profile; see the module docstring.
 
@@ -98,7 +110,8 @@ class Pipeline:
 
     def __init__(self, profile: Profile, data_root: str | os.PathLike | None = None, download: bool = False,
                  weights: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 use_cache: bool = True, progress: bool | None = None, device: str | None = None) -> None:
+                 use_cache: bool = True, progress: bool | None = None, device: str | None = None,
+                 init: InitSource | None = None) -> None:
         self.profile = profile
         check_dataset(profile.dataset)
         self.device = resolve_device(device)
@@ -119,7 +132,7 @@ class Pipeline:
         # input_size follows the profile (imagefolder --image-size), so a model can be checked against it
         self.spec: VGGSpec = replace(spec_for(profile.model, self.num_classes), input_size=profile.image_size)
         self._data: DataBundle | None = None
-        self._init: InitSource | None = None
+        self._init: InitSource | None = init  # given: another process resolved it (see prepare)
         self._base: CaseResult | None = None
         self._test_fingerprint: str | None = None
 
@@ -159,28 +172,59 @@ class Pipeline:
             return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
                               False, {**self._init_info(), "epochs": 0})
 
-        def build() -> CaseResult:
-            base = self._base_result()  # trained (or loaded) first, outside this case's time
-            t0 = time.perf_counter()
-            model = self._prune(base.model, key)
-            return self._train_and_store(model, cache_key, label, t0, epochs=self.profile.finetune_epochs,
-                                         lr=self.profile.finetune_lr, pruned=True,
-                                         info={**self._init_info(), "method": key.method, "scope": key.scope,
-                                               "rate": key.rate, "criterion": key.criterion,
-                                               "round_to": key.round_to})
-
-        cache_key = self.case_key(key)
-        return self._cached_or_built(cache_key, label, build)
+        return self._cached_or_built(self.case_key(key), label, lambda: self.store(key, self.train(key)))
 
     def cached(self, key: ModelKey) -> CaseResult | None:
         """The case from the disk cache only (None if it was never trained with these settings)."""
+        return self.lookup(key)
+
+    def cache_entry(self, key: ModelKey) -> tuple[dict[str, Any], str]:
+        """(cache key, file label) of one model of this profile."""
+        if key.is_base:
+            return self.base_key(), self._base_label()
+        return self.case_key(key), key.cache_name(self.profile.name, self.profile.model)
+
+    def lookup(self, key: ModelKey) -> CaseResult | None:
+        """One model of this profile from the disk cache only (None if not there, or without data)."""
         if self.data_missing_reason:
             return None
-        if key.is_base:
-            cache_key, label = self.base_key(), self._base_label()
-        else:
-            cache_key, label = self.case_key(key), key.cache_name(self.profile.name, self.profile.model)
+        cache_key, label = self.cache_entry(key)
         return self._from_cache(cache_key, label, time.perf_counter())
+
+    def export_dir(self, key: ModelKey) -> Path | None:
+        """Where the deployment runtimes' files for one model live (None with the cache off)."""
+        if not self.cache.enabled:
+            return None
+        return self.cache.root / "exports" / key.cache_name(self.profile.name, self.profile.model)
+
+    def initial_model(self) -> VGG11:
+        """The base model's starting weights (ImageNet, a ``--weights`` file or a seeded init)."""
+        return build_initial_model(self.spec, self.init_source(), seed=self.profile.seed)
+
+    def train(self, key: ModelKey, start: VGG11 | None = None) -> Trained:
+        """Train one model without reading or writing the cache: the base from ``start`` (default
+        :meth:`initial_model`), a pruned case by pruning ``start`` (default the base) and fine-tuning."""
+        label = self.cache_entry(key)[1]
+        if key.is_base:
+            t0 = time.perf_counter()
+            model = start if start is not None else self.initial_model()
+            return self._train(model, label, t0, epochs=self.profile.base_epochs, lr=self.profile.lr,
+                               pruned=False, info=self._init_info())
+        rate = key.rate
+        base = start if start is not None else self._base_result().model  # outside this case's time
+        t0 = time.perf_counter()
+        model = self._prune(base, key)
+        return self._train(model, label, t0, epochs=self.profile.finetune_epochs, lr=self.profile.finetune_lr,
+                           pruned=True, info={**self._init_info(), "method": key.method, "scope": key.scope,
+                                              "rate": rate, "criterion": key.criterion, "round_to": key.round_to})
+
+    def store(self, key: ModelKey, trained: Trained) -> CaseResult:
+        """Write a trained model into this pipeline's cache (atomically) and return it as a result."""
+        cache_key, label = self.cache_entry(key)
+        path = self.cache.store(cache_key, label, trained.model, {**trained.info, **trained.results})
+        r = trained.results
+        return CaseResult(trained.model, r["correct"], r["top5"], None, path, trained.seconds, False, trained.info,
+                          correct_before_finetune=r["correct_before_finetune"], test_fingerprint=r["test_fingerprint"])
 
     def evaluate(self, model: VGG11, split: str = "test") -> tuple[float, float]:
         """(top-1, top-5) of any of our models on one split of this profile's data."""
@@ -256,14 +300,8 @@ class Pipeline:
             return CaseResult(model, None, None, self.data_missing_reason, None, time.perf_counter() - t0,
                               False, self._init_info())
 
-        def build() -> CaseResult:
-            t0 = time.perf_counter()
-            model = build_initial_model(self.spec, self.init_source(), seed=self.profile.seed)
-            return self._train_and_store(model, key, label, t0, epochs=self.profile.base_epochs,
-                                         lr=self.profile.lr, pruned=False, info=self._init_info())
-
         key, label = self.base_key(), self._base_label()
-        return self._cached_or_built(key, label, build)
+        return self._cached_or_built(key, label, lambda: self.store(BASE, self.train(BASE)))
 
     def _cached_or_built(self, key: dict[str, Any], label: str, build: Callable[[], CaseResult]) -> CaseResult:
         """A cache hit, else ``build()`` under the entry's lock (re-checking: a concurrent run may have built it)."""
@@ -294,9 +332,10 @@ class Pipeline:
         return CaseResult(entry.model, extra["correct"], extra["top5"], None, entry.path, time.perf_counter() - t0,
                           True, info, correct_before_finetune=before, test_fingerprint=extra["test_fingerprint"])
 
-    def _train_and_store(self, model: VGG11, key: dict[str, Any], label: str, t0: float, *, epochs: int,
-                         lr: float, pruned: bool, info: dict[str, Any]) -> CaseResult:
+    def _train(self, model: VGG11, label: str, t0: float, *, epochs: int, lr: float, pruned: bool,
+               info: dict[str, Any]) -> Trained:
         p, data = self.profile, self.data()
+        info = {**info, "trained_on": trained_on(self.device.type)}
         # The one-shot damage: the classic pruning curve, and where criteria (L2, L1, random) differ.
         before = evaluate_images(model, data.test, self.device) if pruned else None
         fitted = fit(model, data.train, data.val, epochs=epochs, lr=lr, momentum=p.momentum,
@@ -310,7 +349,4 @@ class Pipeline:
         results = {"correct": after.correct, "top5": after.top5,
                    "correct_before_finetune": before.correct if before else None,
                    "test_fingerprint": self.test_fingerprint}
-        path = self.cache.store(key, label, model, {**info, **results})
-        return CaseResult(model, after.correct, after.top5, None, path, time.perf_counter() - t0, False, info,
-                          correct_before_finetune=results["correct_before_finetune"],
-                          test_fingerprint=self.test_fingerprint)
+        return Trained(model, info, results, time.perf_counter() - t0)

@@ -61,8 +61,9 @@ def _as_case(record: CaseRecord) -> Tagged:
 def _device_labels(runs: Sequence[Run]) -> dict[tuple[str, str, str], str]:
     """(device, device_name, node) → a short column label.
 
-    A device type measured on one machine keeps its plain name (``cpu``, ``cuda``); measured on
-    several, each gets ``device@node`` so numbers from different hardware never share a column.
+    Runs from one machine keep plain names (``cpu``, ``cuda``); once runs from several machines are
+    merged every column is ``device@node``, so a GPU box's cuda column says which box it was and
+    numbers from different hardware never share a column.
     """
     seen: dict[str, list[tuple[str, str, str]]] = {}
     for run in runs:
@@ -70,10 +71,11 @@ def _device_labels(runs: Sequence[Run]) -> dict[tuple[str, str, str], str]:
             ident = (case.device, str(case.device_name), run.node)
             if ident not in seen.setdefault(case.device, []):
                 seen[case.device].append(ident)
+    machines = {ident[2] for idents in seen.values() for ident in idents}
     labels: dict[tuple[str, str, str], str] = {}
     for device, idents in seen.items():
         for i, ident in enumerate(idents):
-            if len(idents) == 1:
+            if len(idents) == 1 and len(machines) == 1:
                 labels[ident] = device
             else:
                 at_node = f"{device}@{ident[2]}"

@@ -23,10 +23,12 @@ from vggprune.identity import BASE_METHOD, KEY_FIELDS, Case
 SCHEMA = 4  # bump when a field changes meaning or a required field is added
 # Fields a newer schema added, with the value that states what an older file meant. Schema 3: the
 # speed-up interval may include a between-run term (run_spread); a schema-2 interval was within-run
-# and the file says nothing about its machine's spread (None). Schema 4: peak memory and the
-# runtime's providers per case (not recorded before).
+# and the file says nothing about its machine's spread (None). Schema 4: peak memory, the runtime's
+# providers, whether the case's checkpoint was loaded from the cache and where it was trained (an
+# older file did not say: None).
 ADDED = {3: {"run_spread": None},
-         4: {"cpu_peak_mem_mb": None, "gpu_peak_mem_mb": None, "runtime_providers": None}}
+         4: {"cpu_peak_mem_mb": None, "gpu_peak_mem_mb": None, "runtime_providers": None, "from_cache": None,
+             "trained_on": None}}
 NOISY = 0.10  # IQR/median above this marks a case noisy (torch.utils.benchmark warns at the same level)
 CONTENDED = 0.10  # other processes' CPU use, in cores, during the timing window, above which a case is marked
 
@@ -75,6 +77,11 @@ class CaseRecord:
     fc_widths: list[int] = field(default_factory=list)
     size_mb: float | None = _range(0, default=None)  # what a user ships in this runtime
     weights_sha256: str | None = None  # of the trained state_dict: same value = same trained weights
+    # True: the run loaded the checkpoint from the cache instead of training it (None: not recorded)
+    from_cache: bool | None = None
+    # the machine that trained the weights (hostname, cpu_model, gpu, device, threads); None: untrained
+    # (no data) or not recorded
+    trained_on: dict[str, Any] | None = None
     # accuracy on the test split (fractions), with per-image evidence
     accuracy: float | None = _range(0, 1, default=None)
     accuracy_ci: list[float] | None = _range(0, 1, default=None)  # 95 % Wilson score interval
@@ -187,6 +194,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, dict)
     return True
 
 

@@ -101,11 +101,7 @@ class ModelStore:
     # timed copies -------------------------------------------------------------------------------
     def artifacts(self, prepared: PreparedModel, runtime: Runtime) -> Path | None:
         """Where ``runtime`` keeps its files for ``prepared`` (None: it exports nothing, or no cache)."""
-        cache = self.pipeline.cache
-        if not runtime.exports or not cache.enabled:
-            return None
-        return cache.root / "exports" / prepared.key.cache_name(self.pipeline.profile.name,
-                                                                self.pipeline.profile.model)
+        return self.pipeline.export_dir(prepared.key) if runtime.exports else None
 
     def make(self, prepared: PreparedModel, runtime: Runtime, device: str) -> Runner:
         """A new copy of ``prepared`` in ``runtime`` on ``device``, held until the case ends or it is retired."""
