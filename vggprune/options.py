@@ -18,6 +18,15 @@ from typing import Any
 
 from vggprune.env import env_flag, env_name, env_value
 from vggprune.errors import UserError
+from vggprune.gates import DEFAULT_MAX_DROP
+from vggprune.profiles import (
+    AUGMENTS,
+    FINETUNE_RECIPE,
+    SCHEDULES,
+    SCRATCH_MAX_BATCH,
+    SCRATCH_RECIPE,
+    SCRATCH_STEPS_PER_EPOCH,
+)
 
 LIST, VALUE, PATH, FLAG = "list", "value", "path", "flag"
 
@@ -54,6 +63,20 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--no-cache", FLAG, "neither read nor write the checkpoint cache"),
     Option("--criterion", VALUE, "unit ranking: l2 (default), l1, random"),
     Option("--round-to", VALUE, "round kept widths down to a multiple, 1..4096 (default 1)"),
+    # the training recipe: defaults follow the model's starting point (docs/own-data.md)
+    Option("--augment", VALUE, f"training augmentation: {' | '.join(AUGMENTS)} (default: imagenet from pretrained "
+                               f"weights at >= 224 px, crop on smaller images; quick crop, seed imagenet+flip)"),
+    Option("--lr", VALUE, f"base-model learning rate, (0, 10] (default: {SCRATCH_RECIPE['lr']:g} from scratch "
+                          f"(small model), {FINETUNE_RECIPE['lr']:g} from pretrained weights)"),
+    Option("--train-batch-size", VALUE, f"training batch size (default: from scratch "
+                                        f"{SCRATCH_MAX_BATCH}, or fewer so an epoch has {SCRATCH_STEPS_PER_EPOCH} "
+                                        f"steps; {FINETUNE_RECIPE['train_batch_size']} from pretrained weights)"),
+    Option("--schedule", VALUE, f"learning-rate schedule: {' | '.join(SCHEDULES)} (default: "
+                                f"{SCRATCH_RECIPE['schedule']} from scratch, {FINETUNE_RECIPE['schedule']} from "
+                                f"pretrained weights)"),
+    Option("--max-accuracy-drop", VALUE, f"largest top-1 drop vs the base a pruned case may show, significant "
+                                         "by McNemar's test, a fraction in [0, 1] (default: the thresholds "
+                                         f"file's max_drop, else {DEFAULT_MAX_DROP:g})"),
     # the harness's sweep and measurement
     Option("--rates", LIST, "comma-separated pruning rates in [0, 1) (default 0,0.1,...,0.5)"),
     Option("--methods", LIST, "torch-pruning,by-hand (default both)"),
@@ -76,8 +99,9 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--thresholds", PATH, "accuracy gates file (default: the harness's bench/thresholds.json)"),
     Option("--expected-params", PATH, "exact parameter counts file (default: bench/expected_params.json)"),
 )}
+RECIPE = ("augment", "lr", "train_batch_size", "schedule")
 TRAINING = ("profile", "model", "image_size", "epochs", "finetune_epochs", "seed", "data_root", "download",
-            "weights", "cache_dir", "no_cache")
+            "weights", "cache_dir", "no_cache") + RECIPE
 HARNESS = tuple(OPTIONS)
 
 
