@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.arith import expected_params
+from vggprune.results import SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 # A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
@@ -98,7 +99,7 @@ def test_quick_run_writes_every_case_with_the_contract_fields(bench):
         assert 0.9 < info["accuracy"] <= 1 and info["latency_p50_ms"] > 0
         assert info["latency_q1_ms"] <= info["latency_p50_ms"] <= info["latency_q3_ms"]
         # paired timing: one base round per case round, both kept as evidence
-        assert len(info["base_times_s"]) == len(rounds[info["case_id"]]) == 3 and info["schema"] == 3
+        assert len(info["base_times_s"]) == len(rounds[info["case_id"]]) == 3 and info["schema"] == SCHEMA
         low, high = info["measured_speedup_ci"]
         assert low <= info["measured_speedup"] <= high
         assert info["run_spread"] == 0.05  # the default between-run allowance, the base's A/A pair included
