@@ -53,7 +53,7 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
                                "133M-param VGG11) | imagefolder (your train/val/test folders)"),
     Option("--model", VALUE, "imagefolder only: small | torchvision (default) | seed"),
     Option("--image-size", VALUE, "imagefolder only: image side in pixels, 32..1024 (default 224)"),
-    Option("--epochs", VALUE, "base-model training epochs (default: the profile's)"),
+    Option("--epochs", VALUE, "base-model training epochs (default: 20 from scratch, 10 from pretrained weights)"),
     Option("--finetune-epochs", VALUE, "fine-tuning epochs after pruning, 0 = one-shot (default: the profile's)"),
     Option("--seed", VALUE, "training seed, 0..2**32-1 (default: the profile's)"),
     Option("--data-root", PATH, "where datasets live (Flowers102, imagefolder); given but missing is an error"),
