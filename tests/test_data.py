@@ -176,3 +176,65 @@ def test_data_root_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(D.DATA_ROOT_ENV, str(tmp_path / "env"))
     assert D.resolve_data_root(None) == tmp_path / "env"
     assert D.resolve_data_root(tmp_path / "opt") == tmp_path / "opt"
+
+
+# --- the training augmentation: what each --augment value does ------------------------------------
+
+def _marked_image(path, size=32):
+    """A light image with one dark pixel left of centre: where it lands shows the shift and the flip."""
+    from PIL import Image
+
+    pixels = np.full((size, size, 3), 230, dtype=np.uint8)
+    pixels[16, 10] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return Image.open(path).convert("RGB")
+
+
+def _dark(t):
+    return [tuple(p) for p in (t[0] < t[0].max() - 1).nonzero().tolist()]
+
+
+def test_crop_keeps_the_whole_small_image_and_shifts_it_a_little_without_flipping(tmp_path):
+    img = _marked_image(tmp_path / "a.png")
+    train, evaluate = D.image_transforms(32, "crop")
+    assert _dark(evaluate(img)) == [(16, 10)]  # evaluation sees the whole 32-px image, not a centre crop
+    pad = round(D.CROP_PADDING * 32)
+    torch.manual_seed(0)
+    seen = {_dark(train(img))[0] for _ in range(40)}
+    assert len(seen) > 1 and all(abs(r - 16) <= pad and abs(c - 10) <= pad for r, c in seen)
+    assert all(c < 16 for _, c in seen)  # never mirrored: the mark stays left of centre
+    torch.manual_seed(0)
+    flipped = {_dark(D.image_transforms(32, "crop+flip")[0](img))[0][1] for _ in range(40)}
+    assert min(flipped) < 16 < max(flipped)  # +flip mirrors some
+    assert _dark(D.image_transforms(32, "none")[0](img)) == [(16, 10)]  # none: as evaluated
+
+
+def test_imagenet_augment_is_the_random_resized_crop_with_imagenet_evaluation():
+    train, evaluate = D.image_transforms(224, "imagenet+flip")
+    names = [type(t).__name__ for t in train.transforms]
+    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+    assert [type(t).__name__ for t in D.image_transforms(224, "imagenet")[0].transforms][:2] == [
+        "RandomResizedCrop", "ToTensor"]
+    assert evaluate.transforms[0].size == 256  # resize to 256/224 of the side, then the centre crop
+    with pytest.raises(UserError, match="--augment: unknown value 'mixup'"):
+        D.image_transforms(32, "mixup")
+
+
+def test_digits_take_crop_none_and_flip_but_not_imagenet():
+    crop = D.load_data("digits", **LOAD, augment="crop")
+    assert crop.max_shift == 2 and not crop.flip  # the quick profile's own shift, 1/16 of 32 px
+    none = D.load_data("digits", **LOAD, augment="none")
+    assert none.max_shift == 0 and isinstance(none.train.dataset, torch.utils.data.TensorDataset)
+    flip = D.load_data("digits", **LOAD, augment="crop+flip")
+    assert flip.flip and isinstance(flip.train.dataset, D.RandomShiftBatches)
+    with pytest.raises(UserError, match="in-memory digits take crop, crop\\+flip or none"):
+        D.load_data("digits", **LOAD, augment="imagenet")
+
+
+def test_random_flip_mirrors_some_images_only():
+    x = torch.zeros(16, 3, 8, 8)
+    x[:, :, 4, 1] = 1.0
+    out, _ = D.RandomShiftBatches(x, torch.arange(16), max_shift=0, seed=0, flip=True)[list(range(16))]
+    columns = {int((img[0] == 1).nonzero()[0][1]) for img in out}
+    assert columns == {1, 6}

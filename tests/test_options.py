@@ -245,7 +245,74 @@ def test_committed_gate_files_pass_their_own_checks():
     assert ExpectedParams.load(BENCH / "expected_params.json").lookup("seed", 102, "none", 0.0, 1) == 132_970_942
 
 
-@pytest.mark.parametrize("top1, base", [(math.nan, 0.99), (None, 0.99), (99.0, 0.99), (0.99, math.nan)])
-def test_a_gate_that_cannot_be_evaluated_never_passes(top1, base):
-    assert check_accuracy(AccuracyRule(0.5, 0.05), top1, base) is not None  # type: ignore[arg-type]
+@pytest.mark.parametrize("top1", [math.nan, None, 99.0])
+def test_a_gate_that_cannot_be_evaluated_never_passes(top1):
+    assert check_accuracy(AccuracyRule(0.5, 0.05), top1) is not None  # type: ignore[arg-type]
     assert check_params(None, 10) is not None  # type: ignore[arg-type]
+
+
+# --- the training recipe follows the model's starting point; options override it -------------------
+
+def test_imagefolder_recipe_follows_the_starting_point():
+    pretrained = resolve_profile({"profile": "imagefolder"})  # torchvision at 224 px: ImageNet fine-tuning
+    assert (pretrained.augment, pretrained.lr, pretrained.schedule, pretrained.train_batch_size) == (
+        "imagenet", 0.01, "cosine", 32)
+    scratch = resolve_profile({"profile": "imagefolder", "model": "small", "image_size": "32"})
+    assert (scratch.augment, scratch.lr, scratch.schedule, scratch.train_batch_size, scratch.base_epochs) == (
+        "crop", 0.05, "onecycle", None, 20)  # the quick profile's from-scratch recipe, batch sized to the data
+    small_images = resolve_profile({"profile": "imagefolder", "image_size": "64"})
+    assert small_images.augment == "crop" and small_images.lr == 0.01  # ImageNet weights, too small to crop
+    given = resolve_profile({"profile": "imagefolder", "model": "small", "image_size": "32", "augment": "crop+flip",
+                             "lr": "0.02", "train_batch_size": "16", "schedule": "cosine", "epochs": "7"})
+    assert (given.augment, given.lr, given.train_batch_size, given.schedule, given.base_epochs) == (
+        "crop+flip", 0.02, 16, "cosine", 7)
+    # the fixed profiles keep their own recipes unless told otherwise
+    assert resolve_profile({}).augment == "crop" and resolve_profile({"profile": "seed"}).augment == "imagenet+flip"
+    assert resolve_profile({"augment": "none", "lr": "0.1"}).lr == 0.1
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"augment": "mixup"}, "--augment: unknown value mixup; allowed: imagenet, imagenet+flip, crop, crop+flip, none"),
+    ({"lr": "fast"}, "--lr: 'fast' is not a number in 0..10"),
+    ({"lr": "0"}, "--lr: '0' is not a number in (0, 10]"),
+    ({"lr": "50"}, "--lr: '50' is not a number in 0..10"),
+    ({"schedule": "step"}, "--schedule: unknown value step; allowed: cosine, onecycle"),
+    ({"train_batch_size": "1"}, "--train-batch-size: '1' is not an integer >= 2"),
+    ({"max_accuracy_drop": "5"}, "--max-accuracy-drop: '5' is not a number in 0..1"),
+])
+def test_bad_recipe_and_gate_options_are_one_line_errors(raw, message):
+    with pytest.raises(UserError) as info:
+        resolve_settings(raw, False)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_recipe_options_reach_settings_cli_and_help_with_their_defaults():
+    raw, _ = parse(["--augment", "none", "--lr", "0.2", "--train-batch-size", "8", "--schedule", "cosine",
+                    "--max-accuracy-drop", "0.1"])
+    s = resolve_settings(raw, False)
+    assert (s.profile.augment, s.profile.lr, s.profile.train_batch_size, s.profile.schedule) == (
+        "none", 0.2, 8, "cosine")
+    assert s.max_accuracy_drop == 0.1 and resolve_settings({}, False).max_accuracy_drop is None
+    assert {"augment", "lr", "train_batch_size", "schedule"} <= set(TRAINING)  # `vggprune train` takes them too
+    parser = argparse.ArgumentParser()
+    add_options(parser.add_argument, HARNESS)
+    text = " ".join(parser.format_help().split())
+    for shown in ("--augment", "default: imagenet from pretrained weights at >= 224 px, crop on smaller",
+                  "--lr", "default: 0.05 from scratch", "--train-batch-size",
+                  "default: from scratch 64, or fewer so an epoch has 20 steps",
+                  "--schedule", "default: onecycle from scratch", "--max-accuracy-drop", "else 0.05"):
+        assert shown in text, shown
+
+
+def test_from_scratch_the_batch_gives_every_folder_the_quick_profiles_step_count(tmp_path):
+    from tests.helpers_data import make_imagefolder
+    from vggprune.pipeline import Pipeline
+    from vggprune.profiles import scratch_batch_size
+
+    assert [scratch_batch_size(n) for n in (None, 100, 300, 600, 1257, 50_000)] == [64, 8, 15, 30, 62, 64]
+    folder = make_imagefolder(tmp_path / "imgs", classes=("a", "b", "c", "d"), per_class=75)  # 300 per split
+    profile = resolve_profile({"profile": "imagefolder", "model": "small", "image_size": "32"})
+    pipe = Pipeline(profile, data_root=folder, use_cache=False, device="cpu")
+    assert pipe.profile.train_batch_size == 15 and pipe.base_key()["training"]["train_batch_size"] == 15
+    given = resolve_profile({"profile": "imagefolder", "model": "small", "image_size": "32", "train_batch_size": "64"})
+    assert Pipeline(given, data_root=folder, use_cache=False, device="cpu").profile.train_batch_size == 64

@@ -19,7 +19,7 @@ from vggprune.atomic import write_atomic
 from vggprune.cli import main
 from vggprune.errors import UserError
 from vggprune.latency import summarize
-from vggprune.report import CSV_FIELDS, load_rows, load_run, marks, render, summary_tables
+from vggprune.report import BASE_UNLEARNED, CSV_FIELDS, load_rows, load_run, marks, render, summary_tables
 from vggprune.results import SCHEMA
 from vggprune.stats import wilson_interval
 
@@ -173,6 +173,23 @@ def test_accuracy_overlapping_the_base_interval_is_not_significant(tmp_path):
     assert verdicts == {"none": None, "fc": "n.s.", "conv": "lower"}
 
 
+def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
+    def unlearned(data):
+        for b in data["benchmarks"]:
+            b["extra_info"].update(schema=SCHEMA, run_spread=None, base_learned=False)
+
+    runs, rows = load_rows([variant(tmp_path, unlearned)])
+    assert {r["accuracy_vs_base"] for r in rows} == {BASE_UNLEARNED}  # the base's own row too
+    text = render(runs, rows, "github")
+    assert f"{len(rows)} case(s) are marked `{BASE_UNLEARNED}`: their base's top-1 did not beat chance" in text
+    table = summary_tables(rows)[0]
+    assert table.rows[0][table.headers.index("vs base")] == BASE_UNLEARNED
+    assert "base_learned" in CSV_FIELDS
+    runs, learned = load_rows([variant(tmp_path, lambda d: [b["extra_info"].update(
+        schema=SCHEMA, run_spread=None, base_learned=True) for b in d["benchmarks"]], name="learned.json")])
+    assert BASE_UNLEARNED not in render(runs, learned, "github")
+
+
 # ---------------------------------------------------------------- formats
 
 def test_formats_github_plain_csv_json():
@@ -265,7 +282,8 @@ def test_a_schema_2_file_reads_as_within_run_intervals(tmp_path):
             bench["extra_info"].pop("run_spread", None)
 
     run = load_run(variant(tmp_path, as_schema_2))
-    assert run.cases and {(c.schema, c.run_spread) for c in run.cases} == {(SCHEMA, None)}  # spread not recorded
+    # neither the spread nor whether the base learned was recorded
+    assert run.cases and {(c.schema, c.run_spread, c.base_learned) for c in run.cases} == {(SCHEMA, None, None)}
 
 
 def test_an_older_file_does_not_say_how_its_models_were_got():

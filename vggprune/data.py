@@ -26,6 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from vggprune.env import DATA_ROOT_ENV, DOWNLOAD_ENV, env_flag, env_value  # noqa: F401 (re-exported)
 from vggprune.errors import UserError
+from vggprune.profiles import AUGMENTS, split_augment
 
 DATASETS = ("digits", "flowers102", "imagefolder")
 SPLITS = ("train", "val", "test")
@@ -40,6 +41,9 @@ DIGITS_TEST_FRACTION = 0.20
 # Training augmentation: each digit is shifted by up to this fraction of the image side (random,
 # seeded). Real handwriting is not centred exactly; the shift is what lifts test accuracy clear of 0.97.
 DIGITS_MAX_SHIFT = 1 / 16
+# The crop augmentation of image files is the same shift: pad each side by this fraction of the side
+# (replicating the edge, so a background stays a background) and crop back at random.
+CROP_PADDING = DIGITS_MAX_SHIFT
 
 FLOWERS_HOW = ("point --data-root PATH (or VGGPRUNE_DATA_ROOT) at a directory holding flowers-102/ "
                "(jpg/, imagelabels.mat, setid.mat), or pass --download (or set VGGPRUNE_DOWNLOAD=1) "
@@ -71,6 +75,7 @@ class DataInfo:
     num_classes: int | None  # None when the data is missing and the count cannot be known
     missing: str | None  # one line: what is missing and how to provide it; None when usable
     identity: dict[str, Any] = field(default_factory=dict)  # enters the checkpoint cache key
+    train_images: int | None = None  # the training split's size, where it is known without decoding
 
 
 @dataclass
@@ -89,6 +94,7 @@ class DataBundle:
     seed: int
     num_workers: int = 0
     max_shift: int = 0  # in-memory tensors only: random shift augmentation, in pixels
+    flip: bool = False  # in-memory tensors only: random horizontal flips
 
     @property
     def in_memory(self) -> bool:
@@ -123,8 +129,8 @@ class DataBundle:
         gen = torch.Generator().manual_seed(seed)
         drop_last = len(ds) > self.batch_size  # a last batch of one would trip BatchNorm
         if self.in_memory:  # whole batches by fancy indexing: no per-item collate
-            if self.max_shift:
-                ds = RandomShiftBatches(*ds.tensors, self.max_shift, seed)
+            if self.max_shift or self.flip:
+                ds = RandomShiftBatches(*ds.tensors, self.max_shift, seed, self.flip)
             sampler = BatchSampler(RandomSampler(ds, generator=gen), self.batch_size, drop_last)
             return DataLoader(ds, batch_size=None, sampler=sampler)
         return _ImageLoader(ds, batch_size=self.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
@@ -229,20 +235,27 @@ def describe(dataset: str, data_root: str | os.PathLike | None = None) -> DataIn
 
 def load_data(dataset: str, data_root: str | os.PathLike | None = None, *, image_size: int,
               batch_size: int, eval_batch_size: int, seed: int, num_workers: int | None = None,
-              info: DataInfo | None = None) -> DataBundle:
+              info: DataInfo | None = None, augment: str = "crop") -> DataBundle:
     """Train/val/test loaders and the class count, or a :class:`UserError` saying what is missing.
 
     ``seed`` fixes the training shuffle and augmentation, so a run is repeatable. ``num_workers``
     applies to the image-file datasets (default: up to 4, one per core); digits live in memory.
+    ``augment`` is one of :data:`~vggprune.profiles.AUGMENTS` (see :func:`image_transforms`).
     """
+    if augment not in AUGMENTS:
+        raise UserError(f"--augment: unknown value {augment!r}; allowed: {', '.join(AUGMENTS)}")
     info = info or describe(dataset, data_root)
     if info.missing:
         raise UserError(info.missing)
     if dataset == "digits":
+        kind, flip = split_augment(augment)
+        if kind == "imagenet":
+            raise UserError("--augment: the quick profile's in-memory digits take crop, crop+flip or none "
+                            "(ImageNet's random resized crop is for large images)")
         splits: dict[str, Dataset] = {s: TensorDataset(*_digits_tensors(image_size, s)) for s in SPLITS}
-        return DataBundle(splits, 10, info, batch_size, eval_batch_size, seed,
-                          max_shift=round(DIGITS_MAX_SHIFT * image_size))
-    train_tf, eval_tf = image_transforms(image_size)
+        shift = round(DIGITS_MAX_SHIFT * image_size) if kind == "crop" else 0
+        return DataBundle(splits, 10, info, batch_size, eval_batch_size, seed, max_shift=shift, flip=flip)
+    train_tf, eval_tf = image_transforms(image_size, augment)
     assert info.root is not None
     if dataset == "flowers102":
         from torchvision.datasets import Flowers102
@@ -276,14 +289,32 @@ def download_flowers102(data_root: str | os.PathLike | None = None) -> str | Non
     return None
 
 
-def image_transforms(image_size: int) -> tuple[Callable, Callable]:
-    """ImageNet-style (train, eval) transforms: random resized crop + flip vs. resize + centre crop."""
+
+
+def image_transforms(image_size: int, augment: str = "imagenet+flip") -> tuple[Callable, Callable]:
+    """(train, eval) transforms for image files.
+
+    ``imagenet``: random resized crop for training, resize to 256/224 of the side + centre crop for
+    evaluation (ImageNet's recipe, what pretrained weights expect). ``crop`` and ``none``: the whole
+    image (short side resized, centre-cropped square) for evaluation; ``crop`` trains on it padded by
+    :data:`CROP_PADDING` and cropped back at random, ``none`` on it as is. ``+flip`` adds random
+    horizontal flips to training.
+    """
     from torchvision import transforms as T
 
+    if augment not in AUGMENTS:
+        raise UserError(f"--augment: unknown value {augment!r}; allowed: {', '.join(AUGMENTS)}")
+    kind, flip = split_augment(augment)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    evaluate = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size),
-                          T.ToTensor(), norm])
+    whole = [T.Resize(image_size), T.CenterCrop(image_size)]
+    if kind == "imagenet":
+        evaluate = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
+        steps = [T.RandomResizedCrop(image_size)]
+    else:
+        evaluate = T.Compose([*whole, T.ToTensor(), norm])
+        pad = max(1, round(CROP_PADDING * image_size))
+        steps = whole + ([T.RandomCrop(image_size, padding=pad, padding_mode="edge")] if kind == "crop" else [])
+    train = T.Compose([*steps, *([T.RandomHorizontalFlip()] if flip else []), T.ToTensor(), norm])
     return train, evaluate
 
 
@@ -338,14 +369,15 @@ def _digits_tensors(image_size: int, split: str) -> tuple[torch.Tensor, torch.Te
 
 
 class RandomShiftBatches(Dataset):
-    """In-memory images indexed a batch at a time, each image shifted by a random whole-pixel offset.
+    """In-memory images indexed a batch at a time, each image shifted by a random whole-pixel offset
+    (and, with ``flip``, mirrored left-right at random).
 
     The padding is the images' own background value, and a private generator seeded once makes the
     sequence of shifts repeatable. Cost: one gather per batch, nothing per item.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, max_shift: int, seed: int) -> None:
-        self.x, self.y, self.max_shift = x, y, int(max_shift)
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, max_shift: int, seed: int, flip: bool = False) -> None:
+        self.x, self.y, self.max_shift, self.flip = x, y, int(max_shift), flip
         self.background = float(x.amin())
         self.gen = torch.Generator().manual_seed(seed + 1)  # +1: not the same stream as the shuffle
 
@@ -359,6 +391,9 @@ class RandomShiftBatches(Dataset):
         dy, dx = torch.randint(0, 2 * s + 1, (2, n, 1), generator=self.gen)
         rows = (dy + torch.arange(h))[:, None, :, None]
         cols = (dx + torch.arange(w))[:, None, None, :]
+        if self.flip:  # mirrored images read their columns right to left
+            mirrored = torch.rand(n, generator=self.gen) < 0.5
+            cols = torch.where(mirrored[:, None, None, None], cols.flip(-1), cols)
         return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols], y
 
 
@@ -381,6 +416,7 @@ def _describe_flowers(root: Path) -> DataInfo:
             return DataInfo("flowers102", root, 102,
                             f"Flowers102 under {root} is incomplete: {base.name}/{name} does not match "
                             f"the official file (md5 differs; truncated or replaced?); {FLOWERS_HOW}")
+    import numpy as np
     from scipy.io import loadmat
 
     setid = loadmat(base / files["setid"][0], squeeze_me=True)
@@ -393,7 +429,7 @@ def _describe_flowers(root: Path) -> DataInfo:
     # The label files are checked against their md5s, so those identify the data wherever it lives.
     identity = {"dataset": "flowers102", "labels_md5": files["label"][1], "setid_md5": files["setid"][1],
                 "images": len(ids)}
-    return DataInfo("flowers102", root, 102, None, identity)
+    return DataInfo("flowers102", root, 102, None, identity, train_images=int(np.asarray(setid["trnid"]).size))
 
 
 # --- imagefolder -----------------------------------------------------------------------------------
@@ -415,7 +451,7 @@ def _describe_imagefolder(root: Path) -> DataInfo:
     if not classes:
         return DataInfo("imagefolder", root, None,
                         f"image folder {root} is incomplete: train/ has no class folders; {IMAGEFOLDER_HOW}")
-    digest, empty = hashlib.sha256(), []
+    digest, empty, train_images = hashlib.sha256(), [], 0
     for split in SPLITS:
         found = _class_dirs(root / split)
         if found != classes:
@@ -428,6 +464,7 @@ def _describe_imagefolder(root: Path) -> DataInfo:
                             if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
             if not images:
                 empty.append(f"{split}/{cls}/")
+            train_images += len(images) if split == "train" else 0
             for p in images:  # names and sizes: identifies the data without reading every byte
                 digest.update(f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\n".encode())
                 why = _check_image_header(p)  # before any training, not in a worker mid-epoch
@@ -439,7 +476,7 @@ def _describe_imagefolder(root: Path) -> DataInfo:
                         f"image folder {root} is incomplete: no images in {', '.join(empty[:5])}"
                         f"{' …' if len(empty) > 5 else ''}; {IMAGEFOLDER_HOW}")
     identity = {"dataset": "imagefolder", "classes": classes, "files_sha256": digest.hexdigest()}
-    return DataInfo("imagefolder", root, len(classes), None, identity)
+    return DataInfo("imagefolder", root, len(classes), None, identity, train_images=train_images)
 
 
 def _imagefolder_splits(root: Path, train_tf: Callable, eval_tf: Callable) -> dict[str, Dataset]:

@@ -12,7 +12,7 @@ import zlib
 
 import torch
 
-from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_params
+from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_learned, check_params, check_pruning_cost
 from vggprune.identity import Case, ModelKey
 from vggprune.latency import BLOCKS, CpuWatch, PairedRounds, TimedForward, make_batch, summarize
 from vggprune.machine import PeakMemory, cpu_model, device_name
@@ -196,20 +196,33 @@ class Harness:
                                         key.round_to)
         return check_params(prepared.params, expected)
 
+    def base_unlearned(self) -> str | None:
+        """One line when the base did not beat chance (nothing built from it is worth gating or timing);
+        None when it did, or when accuracy was not measured."""
+        base = self.base
+        if base.top1 is None:
+            return None
+        failure = check_learned(base.correct, self.pipeline.test_chance)
+        return f"{self.profile.name} {base.key.label()}: {failure}" if failure else None
+
     def accuracy_gate(self, prepared: PreparedModel) -> tuple[str | None, str | None]:
         """(failure, skip reason): at most one is set; both None means the gate held."""
         if prepared.top1 is None:
             return None, f"accuracy not measured: {prepared.reason}"
-        rule = self.thresholds.rule(self.profile.name, prepared.key.scope)
-        if rule is None:
-            return None, f"no accuracy threshold for profile {self.profile.name!r}, scope {prepared.key.scope!r}"
-        base_top1 = None if prepared.key.is_base else self.base.top1
-        failure = check_accuracy(rule, prepared.top1, base_top1)
+        unlearned = self.base_unlearned()
+        if unlearned:
+            return unlearned, None
+        key, label = prepared.key, f"{self.profile.name} {prepared.key.label()}"
+        rule = self.thresholds.rule(self.profile.name, key.scope)
+        failure = None if rule is None else check_accuracy(rule, prepared.top1)
         if failure:
             ci = _ci(prepared.correct)
             interval = f" (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f} %, n={len(prepared.correct)})" if ci else ""
-            failure = f"{self.profile.name} {prepared.key.label()}: {failure}{interval}"
-        return failure, None
+            return f"{label}: {failure}{interval}", None
+        if not key.is_base:
+            allowed = self.thresholds.max_drop(self.profile.name, key.scope, self.settings.max_accuracy_drop)
+            failure = check_pruning_cost(self.base.correct, prepared.correct, allowed)
+        return (f"{label}: {failure}" if failure else None), None
 
     # results -----------------------------------------------------------------------------------
     def _verification(self, prepared: PreparedModel, case: Case) -> dict:
@@ -244,7 +257,8 @@ class Harness:
             size_mb=round(runner.size_bytes / 1e6, 4), weights_sha256=prepared.weights_sha256,
             accuracy=prepared.top1, accuracy_ci=_ci(prepared.correct), correct=prepared.correct,
             accuracy_reason=prepared.reason if prepared.top1 is None else None, top5=prepared.top5,
-            base_accuracy=base.top1, accuracy_before_finetune=prepared.top1_before_finetune,
+            base_accuracy=base.top1, base_learned=None if base.top1 is None else self.base_unlearned() is None,
+            accuracy_before_finetune=prepared.top1_before_finetune,
             accuracy_before_finetune_ci=_ci(before),
             **self._verification(prepared, case),
             runtime_providers=runner.details.get("providers"),

@@ -18,6 +18,15 @@ from typing import Any
 
 from vggprune.env import env_flag, env_name, env_value
 from vggprune.errors import UserError
+from vggprune.gates import DEFAULT_MAX_DROP
+from vggprune.profiles import (
+    AUGMENTS,
+    FINETUNE_RECIPE,
+    SCHEDULES,
+    SCRATCH_MAX_BATCH,
+    SCRATCH_RECIPE,
+    SCRATCH_STEPS_PER_EPOCH,
+)
 
 LIST, VALUE, PATH, FLAG = "list", "value", "path", "flag"
 
@@ -44,7 +53,7 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
                                "133M-param VGG11) | imagefolder (your train/val/test folders)"),
     Option("--model", VALUE, "imagefolder only: small | torchvision (default) | seed"),
     Option("--image-size", VALUE, "imagefolder only: image side in pixels, 32..1024 (default 224)"),
-    Option("--epochs", VALUE, "base-model training epochs (default: the profile's)"),
+    Option("--epochs", VALUE, "base-model training epochs (default: 20 from scratch, 10 from pretrained weights)"),
     Option("--finetune-epochs", VALUE, "fine-tuning epochs after pruning, 0 = one-shot (default: the profile's)"),
     Option("--seed", VALUE, "training seed, 0..2**32-1 (default: the profile's)"),
     Option("--data-root", PATH, "where datasets live (Flowers102, imagefolder); given but missing is an error"),
@@ -56,6 +65,20 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
                                     "cpu | cuda; timing devices are --devices"),
     Option("--criterion", VALUE, "unit ranking: l2 (default), l1, random"),
     Option("--round-to", VALUE, "round kept widths down to a multiple, 1..4096 (default 1)"),
+    # the training recipe: defaults follow the model's starting point (docs/own-data.md)
+    Option("--augment", VALUE, f"training augmentation: {' | '.join(AUGMENTS)} (default: imagenet from pretrained "
+                               f"weights at >= 224 px, crop on smaller images; quick crop, seed imagenet+flip)"),
+    Option("--lr", VALUE, f"base-model learning rate, (0, 10] (default: {SCRATCH_RECIPE['lr']:g} from scratch "
+                          f"(small model), {FINETUNE_RECIPE['lr']:g} from pretrained weights)"),
+    Option("--train-batch-size", VALUE, f"training batch size (default: from scratch "
+                                        f"{SCRATCH_MAX_BATCH}, or fewer so an epoch has {SCRATCH_STEPS_PER_EPOCH} "
+                                        f"steps; {FINETUNE_RECIPE['train_batch_size']} from pretrained weights)"),
+    Option("--schedule", VALUE, f"learning-rate schedule: {' | '.join(SCHEDULES)} (default: "
+                                f"{SCRATCH_RECIPE['schedule']} from scratch, {FINETUNE_RECIPE['schedule']} from "
+                                f"pretrained weights)"),
+    Option("--max-accuracy-drop", VALUE, f"largest top-1 drop vs the base a pruned case may show, significant "
+                                         "by McNemar's test, a fraction in [0, 1] (default: the thresholds "
+                                         f"file's max_drop, else {DEFAULT_MAX_DROP:g})"),
     # the harness's sweep and measurement
     Option("--rates", LIST, "comma-separated pruning rates in [0, 1) (default 0,0.1,...,0.5)"),
     Option("--methods", LIST, "torch-pruning,by-hand (default both)"),
@@ -88,8 +111,9 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
                                      "models are trained, and keyed, on cuda"),
 )}
 PREPARE = ("executor", "ray_address", "cpus_per_task", "gpus_per_task")
+RECIPE = ("augment", "lr", "train_batch_size", "schedule")
 TRAINING = ("profile", "model", "image_size", "epochs", "finetune_epochs", "seed", "data_root", "download",
-            "weights", "cache_dir", "no_cache", "train_device")
+            "weights", "cache_dir", "no_cache", "train_device") + RECIPE
 HARNESS = tuple(name for name in OPTIONS if name not in PREPARE)
 
 

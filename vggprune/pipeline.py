@@ -31,12 +31,14 @@ from vggprune.data import (
     download_flowers102,
     env_flag,
     load_data,
+    split_labels,
 )
 from vggprune.errors import UserError
+from vggprune.gates import chance_level
 from vggprune.identity import BASE, ModelKey
 from vggprune.machine import trained_on
 from vggprune.models import VGG11, VGGSpec, spec_for
-from vggprune.profiles import Profile
+from vggprune.profiles import Profile, scratch_batch_size
 from vggprune.pruning import prune
 from vggprune.stats import accuracy, check_correct, correct_interval
 from vggprune.train import Evaluation, evaluate_images, fit, resolve_device
@@ -124,6 +126,8 @@ class Pipeline:
             failure = download_flowers102(data_root)
             self.info = describe(profile.dataset, data_root) if failure is None else replace(
                 self.info, missing=failure)
+        if profile.train_batch_size is None:  # from scratch: sized to the training split, then keyed as such
+            profile = self.profile = replace(profile, train_batch_size=scratch_batch_size(self.info.train_images))
         found = self.info.num_classes
         if profile.num_classes is not None and found is not None and found != profile.num_classes:
             raise UserError(f"dataset {profile.dataset} has {found} classes but profile {profile.name}'s "
@@ -135,6 +139,7 @@ class Pipeline:
         self._init: InitSource | None = init  # given: another process resolved it (see prepare)
         self._base: CaseResult | None = None
         self._test_fingerprint: str | None = None
+        self._test_chance: float | None = None
 
     @property
     def data_missing_reason(self) -> str | None:
@@ -150,6 +155,16 @@ class Pipeline:
         if self._test_fingerprint is None:
             self._test_fingerprint = self.data().fingerprint("test")
         return self._test_fingerprint
+
+    @property
+    def test_chance(self) -> float | None:
+        """The largest class's share of the test split (None without data): what a model that learned
+        nothing scores by always answering that class, the bar the "it learned" gate sets."""
+        if self.data_missing_reason:
+            return None
+        if self._test_chance is None:
+            self._test_chance = chance_level(split_labels(self.data().datasets["test"]))
+        return self._test_chance
 
     # --- public -----------------------------------------------------------------------------------
     def base(self, shared: bool = False) -> CaseResult:
@@ -254,7 +269,7 @@ class Pipeline:
             p = self.profile
             self._data = load_data(p.dataset, self.data_root, image_size=p.image_size,
                                    batch_size=p.train_batch_size, eval_batch_size=p.eval_batch_size,
-                                   seed=p.seed, info=self.info)
+                                   seed=p.seed, info=self.info, augment=p.augment)
         return self._data
 
     def init_source(self) -> InitSource:

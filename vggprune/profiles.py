@@ -20,6 +20,51 @@ from typing import Any
 PROFILE_NAMES = ("quick", "seed", "imagefolder")
 RATES_0_TO_50 = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
+# --- the training recipe: augmentation, rates and schedule follow the model's starting point --------
+SCHEDULES = ("cosine", "onecycle")
+# imagenet: random resized crop (ImageNet's recipe, for pretrained weights at >= 224 px); crop: pad by an
+# eighth of the side and crop back at random (a few pixels of shift, for small images from scratch);
+# none: the evaluation transform. "+flip" adds random horizontal flips: opt-in, since text, digits and
+# many industrial images are not mirror-symmetric.
+AUGMENTS = ("imagenet", "imagenet+flip", "crop", "crop+flip", "none")
+PRETRAINED_MIN_IMAGE = 224  # below this, ImageNet's random resized crop keeps too few pixels to learn from
+# Fine-tuning ImageNet weights (the seed study's rates) vs training from scratch (the quick profile's,
+# which reaches 98 % on digits): a fine-tuning rate leaves a from-scratch model near chance.
+FINETUNE_RECIPE = {"lr": 0.01, "schedule": "cosine", "train_batch_size": 32, "base_epochs": 10,
+                   "finetune_epochs": 2, "finetune_lr": 0.005}
+# From scratch the batch is None: sized to the training split by scratch_batch_size().
+SCRATCH_RECIPE = {"lr": 0.05, "schedule": "onecycle", "train_batch_size": None, "base_epochs": 20,
+                  "finetune_epochs": 3, "finetune_lr": 0.01}
+SCRATCH_MAX_BATCH, SCRATCH_STEPS_PER_EPOCH, MIN_TRAIN_BATCH = 64, 20, 8
+
+
+def scratch_batch_size(train_images: int | None) -> int:
+    """From scratch, what counts is the number of steps: the quick profile takes about 400 (20 epochs of
+    ~20 batches of 64); a folder of a few hundred images gets the same count from smaller batches (with
+    batches of 64 a 300-image folder gets 80 steps and stays at chance)."""
+    if not train_images:
+        return SCRATCH_MAX_BATCH
+    return max(MIN_TRAIN_BATCH, min(SCRATCH_MAX_BATCH, train_images // SCRATCH_STEPS_PER_EPOCH))
+
+
+def starts_pretrained(model: str) -> bool:
+    """The seed and torchvision variants start from ImageNet weights (when they can be had); small never."""
+    return model != "small"
+
+
+def recipe_for(model: str, image_size: int) -> dict[str, Any]:
+    """The default recipe for a model and image size: rates from the starting point, augmentation from
+    the size (ImageNet's crop only where the image is as large as ImageNet's)."""
+    recipe = dict(FINETUNE_RECIPE if starts_pretrained(model) else SCRATCH_RECIPE)
+    recipe["augment"] = "imagenet" if image_size >= PRETRAINED_MIN_IMAGE else "crop"
+    return recipe
+
+
+def split_augment(augment: str) -> tuple[str, bool]:
+    """``"crop+flip"`` → ``("crop", True)``."""
+    kind, _, flip = augment.partition("+")
+    return kind, flip == "flip"
+
 
 @dataclass(frozen=True)
 class BaseTraining:
@@ -34,7 +79,8 @@ class BaseTraining:
     momentum: float = 0.9
     schedule: str = "cosine"  # per-step learning-rate schedule: cosine | onecycle (warm-up, then anneal)
     weight_decay: float = 5e-4
-    train_batch_size: int = 32
+    train_batch_size: int | None = 32  # None: scratch_batch_size() of the training split (resolved by the pipeline)
+    augment: str = "imagenet+flip"  # one of AUGMENTS: the training split's augmentation
     # The stored top-1 is measured at training time, so its batch size is part of what is cached.
     eval_batch_size: int = 64
     seed: int = 0
@@ -125,19 +171,20 @@ PROFILES: dict[str, Profile] = {
         name="quick", dataset="digits", model="small", num_classes=10, image_size=32,
         scopes=("fc", "conv"), batch_sizes=(1, 64), latency_rounds=30, latency_warmup=5,
         base_epochs=20, finetune_epochs=3, lr=0.05, finetune_lr=0.01, train_batch_size=64,
-        eval_batch_size=256, schedule="onecycle",
+        eval_batch_size=256, schedule="onecycle", augment="crop",
     ),
     # The student study: seed VGG11 on Flowers102 from ImageNet weights, FC pruning 0–50 %.
     "seed": Profile(
         name="seed", dataset="flowers102", model="seed", num_classes=102, image_size=224,
         batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2,
         base_epochs=10, finetune_epochs=2, lr=0.01, finetune_lr=0.005, train_batch_size=32,
+        augment="imagenet+flip",  # flowers are mirror-symmetric; the study's recipe
     ),
     # Any local train/val/test folder of class folders, torchvision-style head (--model, --image-size
-    # and --epochs make it laptop-sized: e.g. --model small --image-size 32).
+    # make it laptop-sized: e.g. --model small --image-size 32, which switches to the from-scratch recipe).
     "imagefolder": Profile(
         name="imagefolder", dataset="imagefolder", model="torchvision", num_classes=None, image_size=224,
-        batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2,
+        batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2, **recipe_for("torchvision", 224),
     ),
 }
 

@@ -30,6 +30,7 @@ from vggprune.results import CaseRecord, Run, load_run, load_runs
 from vggprune.stats import ratio_of_medians
 
 FORMATS = ("github", "plain", "csv", "json")
+BASE_UNLEARNED = "base never learned"
 # The evidence fields stay in the run's JSON; report rows carry summaries, plus the case's own rounds
 # for the figures that compare two cases timed apart (never written out: CSV_FIELDS leaves them out).
 _EVIDENCE = ("base_times_s", "correct")
@@ -160,7 +161,10 @@ def _overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool | Non
 
 def accuracy_vs_base(case: Tagged, base: Tagged | None) -> str | None:
     """``n.s.`` when the case's 95 % interval overlaps the base's (too few images to tell them apart),
-    else ``lower`` / ``higher``; None for the base itself or without intervals."""
+    else ``lower`` / ``higher``; ``base never learned`` when its base did not beat chance (nothing to
+    compare against); None for a base that learned or without intervals."""
+    if case.get("base_learned") is False:
+        return BASE_UNLEARNED
     if base is None or case["method"] == BASE_METHOD:
         return None
     overlap = _overlap(case["accuracy_ci"], base["accuracy_ci"])
@@ -415,13 +419,19 @@ def devices_table(runs: Sequence[Run], rows: Sequence[Row]) -> Table:
 
 
 def accuracy_notes(rows: Sequence[Row]) -> list[str]:
-    """Why some top-1 cells are empty, once per distinct reason."""
+    """Why some top-1 cells are empty, once per distinct reason; and which cases' base never learned."""
     reasons: dict[str, int] = {}
     for r in rows:
         if r["accuracy"] is None:
             reason = r["accuracy_reason"] or "no reason recorded"
             reasons[reason] = reasons.get(reason, 0) + 1
-    return [f"top-1 missing for {n} case(s): {reason}" for reason, n in reasons.items()]
+    notes = [f"top-1 missing for {n} case(s): {reason}" for reason, n in reasons.items()]
+    unlearned = [r for r in rows if r.get("base_learned") is False]
+    if unlearned:
+        notes.append(f"{len(unlearned)} case(s) are marked `{BASE_UNLEARNED}`: their base's top-1 did not beat "
+                     f"chance (the largest class's share of the test split), so neither their accuracy nor "
+                     f"their speed-up says anything about pruning")
+    return notes
 
 
 def timing_notes(rows: Sequence[Row]) -> list[str]:
@@ -467,8 +477,8 @@ CSV_FIELDS: tuple[str, ...] = (
     *KEY_FIELDS, "device_label", "device_name", "cpu_model", "dtype", "memory_format", "threads", "params",
     "base_params", "params_pct", "macs", "base_macs", "theoretical_speedup", "size_mb", "accuracy", "accuracy_ci",
     "accuracy_vs_base", "accuracy_before_finetune", "accuracy_before_finetune_ci", "top5", "accuracy_reason",
-    "base_accuracy", "runtime_agreement", "runtime_max_rel_diff", "rounds", "latency_p50_ms", "latency_q1_ms",
-    "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
+    "base_accuracy", "base_learned", "runtime_agreement", "runtime_max_rel_diff", "rounds", "latency_p50_ms",
+    "latency_q1_ms", "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
     "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "run_spread", "speedup_ratio",
     "speedup_ratio_ci", "deploy_speedup", "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended",
     "vs_cpu_device", "vs_cpu_speedup", "vs_cpu_speedup_ci", "test_fingerprint", "weights_sha256", "case_id", "node",

@@ -24,11 +24,11 @@ SCHEMA = 4  # bump when a field changes meaning or a required field is added
 # Fields a newer schema added, with the value that states what an older file meant. Schema 3: the
 # speed-up interval may include a between-run term (run_spread); a schema-2 interval was within-run
 # and the file says nothing about its machine's spread (None). Schema 4: peak memory, the runtime's
-# providers, whether the case's checkpoint was loaded from the cache and where it was trained (an
-# older file did not say: None).
+# providers, whether the case's checkpoint was loaded from the cache and where it was trained, and
+# whether the case's base beat chance (an older file did not say: None).
 ADDED = {3: {"run_spread": None},
          4: {"cpu_peak_mem_mb": None, "gpu_peak_mem_mb": None, "runtime_providers": None, "from_cache": None,
-             "trained_on": None}}
+             "trained_on": None, "base_learned": None}}
 NOISY = 0.10  # IQR/median above this marks a case noisy (torch.utils.benchmark warns at the same level)
 CONTENDED = 0.10  # other processes' CPU use, in cores, during the timing window, above which a case is marked
 
@@ -89,6 +89,8 @@ class CaseRecord:
     accuracy_reason: str | None = None  # why accuracy is null
     top5: float | None = _range(0, 1, default=None)
     base_accuracy: float | None = _range(0, 1, default=None)
+    # did the base beat chance (the harness's "it learned" gate)? None: not checked (no accuracy, or older)
+    base_learned: bool | None = None
     accuracy_before_finetune: float | None = _range(0, 1, default=None)  # one-shot pruned, not fine-tuned
     accuracy_before_finetune_ci: list[float] | None = _range(0, 1, default=None)
     # the runtime's outputs checked against eager PyTorch before timing

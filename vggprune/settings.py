@@ -32,10 +32,20 @@ from vggprune.limits import (
     max_threads,
 )
 from vggprune.models import VARIANTS, VGG11_CFG, VGGSpec, spec_for
-from vggprune.profiles import PROFILE_NAMES, Profile, SweepAxes, TrainingConfig, get_profile
+from vggprune.profiles import (
+    AUGMENTS,
+    PROFILE_NAMES,
+    SCHEDULES,
+    Profile,
+    SweepAxes,
+    TrainingConfig,
+    get_profile,
+    recipe_for,
+)
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, parse_rates
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cpu,cuda")
+MAX_LR = 10.0  # beyond this SGD diverges on any of these models; a typo (50 for 0.05) is caught at once
 # channels_last by default: oneDNN and cuDNN run VGG convs fastest in NHWC (measured in the README).
 MEMORY_FORMATS = ("channels_last", "contiguous")
 
@@ -60,6 +70,7 @@ class RunSettings:
     # None: the caller (bench/conftest.py) supplies its committed files; the library never guesses.
     thresholds_file: Path | None = None
     expected_params_file: Path | None = None
+    max_accuracy_drop: float | None = None  # None: the thresholds file's max_drop, else the gates' default
     notes: tuple[str, ...] = ()  # deprecation warnings for the caller to show
 
     @property
@@ -192,6 +203,9 @@ def resolve_profile(raw: dict[str, Any]) -> Profile:
         changes["model"] = _choice("--model", raw["model"], VARIANTS)
     if raw.get("image_size"):
         changes["image_size"] = int_in_range("--image-size", raw["image_size"], MIN_IMAGE, MAX_IMAGE)
+    if profile.dataset == "imagefolder":  # the recipe follows the model's starting point; options override it
+        changes.update(recipe_for(changes.get("model", profile.model), changes.get("image_size", profile.image_size)))
+    changes.update(_recipe_options(raw))
     if raw.get("epochs"):
         changes["base_epochs"] = int_in_range("--epochs", raw["epochs"], 1, MAX_EPOCHS)
     if raw.get("finetune_epochs"):
@@ -199,6 +213,22 @@ def resolve_profile(raw: dict[str, Any]) -> Profile:
     if raw.get("seed"):
         changes["seed"] = int_in_range("--seed", raw["seed"], 0, MAX_SEED)
     return replace(profile, **changes)
+
+
+def _recipe_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """The recipe options a user gave (--augment, --lr, --train-batch-size, --schedule), checked."""
+    changes: dict[str, Any] = {}
+    if raw.get("augment"):
+        changes["augment"] = _choice("--augment", raw["augment"], AUGMENTS)
+    if raw.get("lr"):
+        changes["lr"] = float_in_range("--lr", raw["lr"], 0.0, MAX_LR)
+        if changes["lr"] == 0:
+            raise UserError("--lr: '0' is not a number in (0, 10]: a zero learning rate trains nothing")
+    if raw.get("train_batch_size"):
+        changes["train_batch_size"] = int_in_range("--train-batch-size", raw["train_batch_size"], 2, MAX_BATCH)
+    if raw.get("schedule"):
+        changes["schedule"] = _choice("--schedule", raw["schedule"], SCHEDULES)
+    return changes
 
 
 def check_inference_batch(option: str, model: str, spec: VGGSpec, image_size: int, batch: int) -> None:
@@ -262,5 +292,7 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
                               MEMORY_FORMATS),
         thresholds_file=existing_file("--thresholds", raw.get("thresholds")),
         expected_params_file=existing_file("--expected-params", raw.get("expected_params")),
+        max_accuracy_drop=(float_in_range("--max-accuracy-drop", raw["max_accuracy_drop"], 0.0, 1.0)
+                           if raw.get("max_accuracy_drop") not in (None, "") else None),
         notes=tuple(raw.get("_notes", ())),
     )

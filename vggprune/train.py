@@ -20,12 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vggprune.errors import UserError
+from vggprune.profiles import SCHEDULES
 from vggprune.stats import accuracy
 
 if TYPE_CHECKING:
     from tqdm import tqdm
-
-SCHEDULES = ("cosine", "onecycle")
 
 
 class DivergedError(UserError):
