@@ -18,6 +18,7 @@ from vggprune.errors import UserError
 from vggprune.gates import AccuracyRule, ExpectedParams, Thresholds, check_accuracy, check_params
 from vggprune.options import HARNESS, OPTIONS, TRAINING, add_options, read_options
 from vggprune.profiles import FIELD_PART, BaseTraining, FineTuning, SweepAxes, get_profile
+from vggprune.pruning import model_key  # noqa: E402
 from vggprune.settings import resolve_profile, resolve_settings
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -174,7 +175,7 @@ def test_every_training_field_changes_the_cache_key_and_no_axis_does(monkeypatch
 
     quick = get_profile("quick")
     base = Pipeline(quick, use_cache=False, device="cpu")
-    base_key, case_key = base.base_key(), base.case_key("by-hand", "fc", 0.3)
+    base_key, case_key = base.base_key(), base.case_key(model_key("by-hand", "fc", 0.3))
     training = quick.training
     for f in dataclasses.fields(BaseTraining):
         changed = dataclasses.replace(training, base=dataclasses.replace(
@@ -184,11 +185,11 @@ def test_every_training_field_changes_the_cache_key_and_no_axis_does(monkeypatch
         changed = dataclasses.replace(quick, **{f.name: _perturbed(getattr(quick, f.name))})
         pipe = Pipeline(changed, use_cache=False, device="cpu")
         assert pipe.base_key() == base_key, f"{f.name} must not retrain the base"
-        assert pipe.case_key("by-hand", "fc", 0.3) != case_key, f.name
+        assert pipe.case_key(model_key("by-hand", "fc", 0.3)) != case_key, f.name
     for f in dataclasses.fields(SweepAxes):
         changed = dataclasses.replace(quick, **{f.name: _perturbed(getattr(quick, f.name))})
         pipe = Pipeline(changed, use_cache=False, device="cpu")
-        assert (pipe.base_key(), pipe.case_key("by-hand", "fc", 0.3)) == (base_key, case_key), f.name
+        assert (pipe.base_key(), pipe.case_key(model_key("by-hand", "fc", 0.3))) == (base_key, case_key), f.name
 
 
 def test_settings_expose_training_and_axes_and_replace_routes_flat_fields():

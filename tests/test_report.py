@@ -20,7 +20,7 @@ from vggprune.cli import main
 from vggprune.errors import UserError
 from vggprune.latency import summarize
 from vggprune.report import BASE_UNLEARNED, CSV_FIELDS, load_rows, load_run, marks, render, summary_tables
-from vggprune.results import SCHEMA
+from vggprune.results import ADDED, SCHEMA
 from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -176,7 +176,7 @@ def test_accuracy_overlapping_the_base_interval_is_not_significant(tmp_path):
 def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
     def unlearned(data):
         for b in data["benchmarks"]:
-            b["extra_info"].update(schema=SCHEMA, run_spread=None, base_learned=False)
+            b["extra_info"].update(ADDED[4], schema=SCHEMA, run_spread=None, base_learned=False)
 
     runs, rows = load_rows([variant(tmp_path, unlearned)])
     assert {r["accuracy_vs_base"] for r in rows} == {BASE_UNLEARNED}  # the base's own row too
@@ -186,7 +186,7 @@ def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
     assert table.rows[0][table.headers.index("vs base")] == BASE_UNLEARNED
     assert "base_learned" in CSV_FIELDS
     runs, learned = load_rows([variant(tmp_path, lambda d: [b["extra_info"].update(
-        schema=SCHEMA, run_spread=None, base_learned=True) for b in d["benchmarks"]], name="learned.json")])
+        ADDED[4], schema=SCHEMA, run_spread=None, base_learned=True) for b in d["benchmarks"]], name="learned.json")])
     assert BASE_UNLEARNED not in render(runs, learned, "github")
 
 
