@@ -45,18 +45,21 @@ def test_inference(benchmark, harness, case):
         pytest.skip(refusal)
 
     base, forward = harness.forwards(case)
-    paired = harness.pairing(case, base, forward)
-    harness.start_workers(case)  # started before any timing: their imports are not in the window
+    evidence = harness.evidence(case, base, forward)  # warm-up, loops per round, rounds from a pilot
+    paired = harness.pairing(case, base, forward, evidence)
+    harness.start_workers(case, evidence)  # started before any timing: their imports are not in the window
     with CpuWatch() as watch:
         benchmark.pedantic(forward, setup=paired.setup, teardown=paired.teardown,
-                           rounds=paired.rounds, warmup_rounds=harness.profile.latency_warmup)
-        elsewhere = harness.time_elsewhere(case)  # the further blocks, each in a worker process
-    for seconds, _ in elsewhere:  # appended after pytest-benchmark's own rounds, in block order
-        for s in seconds:
-            benchmark.stats.stats.update(s)
+                           rounds=paired.rounds, warmup_rounds=0)
+        elsewhere = harness.time_elsewhere(case, evidence)  # the further blocks, each in a worker process
     seconds = benchmark.stats.stats.data if benchmark.stats else []
+    seconds[:] = [s / evidence.loops for s in seconds]  # per batch, as pytest-benchmark's iterations report
+    for block_seconds, _ in elsewhere:  # appended after pytest-benchmark's own rounds, in block order
+        for s in block_seconds:
+            benchmark.stats.stats.update(s)
     base_seconds = paired.times() + [s for _, base_block in elsewhere for s in base_block]
-    record = harness.record(case, seconds, base_seconds, forward, watch, blocks=paired.blocks + len(elsewhere))
+    record = harness.record(case, seconds, base_seconds, forward, watch, blocks=paired.blocks + len(elsewhere),
+                            evidence=evidence)
     benchmark.extra_info.update(record.to_extra_info())
     if record.contended:
         warnings.warn(f"{case.id}: other processes used {record.other_cpu_cores:.2f} cores while it was timed; "

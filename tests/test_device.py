@@ -180,8 +180,10 @@ def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
         return made
 
     harness.store.make = counted_make
+    from vggprune.evidence import Evidence
+
     base, forward = harness.forwards(case)
-    paired = harness.pairing(case, base, forward)
+    paired = harness.pairing(case, base, forward, Evidence(loops=1, rounds=10, pilot_sd=None))
     refresh = paired.refresh
 
     def counted_refresh():
@@ -189,7 +191,7 @@ def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
         between.append(_live_vgg_copies() - before)
 
     paired.refresh = counted_refresh
-    measure(forward, rounds=10, warmup=harness.profile.latency_warmup, paired=paired)
+    measure(forward, rounds=10, warmup=0, paired=paired)
     del harness.store.make
     assert paired.blocks == 5 and len(counts) == 2 + 5 * 2  # the warm-up pair, then a new pair per block
     return max(counts), between

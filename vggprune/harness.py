@@ -12,6 +12,7 @@ import zlib
 
 import torch
 
+from vggprune.evidence import Evidence, size_evidence
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_learned, check_params, check_pruning_cost
 from vggprune.identity import Case, ModelKey
 from vggprune.latency import BLOCKS, CpuWatch, PairedRounds, TimedForward, make_batch, summarize
@@ -122,19 +123,27 @@ class Harness:
         base, model = (self.store.make(p, runtime, case.device) for p in self._pair(case))
         return timed_pair(base, model, batch)
 
-    def processes(self, case: Case) -> int:
+    def processes(self, case: Case, rounds: int) -> int:
         """How many processes time the case's rounds: this one, then a worker per further block (CPU
         only, runtimes that allow it; CUDA stays in the process that owns the context)."""
         if case.device != "cpu" or not get_runtime(case.runtime).in_workers:
             return 1
-        return len(split_rounds(self.profile.latency_rounds, self.settings.processes))
+        return len(split_rounds(rounds, self.settings.processes))
 
-    def start_workers(self, case: Case) -> None:
+    def evidence(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> Evidence:
+        """Warm the pair up and size the case's evidence: loops per round, and rounds from a pilot
+        (or ``--latency-rounds`` as given); see vggprune.evidence."""
+        return size_evidence(base_forward, case_forward, warmup=self.profile.latency_warmup,
+                             budget_s=self.profile.latency_budget_s, fixed_rounds=self.settings.fixed_rounds,
+                             seed=self._seed(case))
+
+    def start_workers(self, case: Case, evidence: Evidence) -> None:
         """Start the timing workers if the case uses them (call before timing: they import torch)."""
-        if self.processes(case) > 1:
+        if self.processes(case, evidence.rounds) > 1:
             self.workers.start()
 
-    def pairing(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> PairedRounds:
+    def pairing(self, case: Case, base_forward: TimedForward, case_forward: TimedForward,
+                evidence: Evidence) -> PairedRounds:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``, for this process's
         share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
         Each block of rounds runs on fresh copies of both models (new sessions in ONNX Runtime and
@@ -159,9 +168,9 @@ class Harness:
                 forward.fn = fn
             self.store.retire(old)
 
-        processes = self.processes(case)
-        here = split_rounds(self.profile.latency_rounds, processes)[0]
-        return PairedRounds(base_forward, warmup=self.profile.latency_warmup, seed=self._seed(case), rounds=here,
+        processes = self.processes(case, evidence.rounds)
+        here = split_rounds(evidence.rounds, processes)[0]
+        return PairedRounds(base_forward, warmup=0, seed=self._seed(case), rounds=here,  # warmed up by evidence()
                             refresh=refresh if runtime.fresh_copies else None,
                             blocks=BLOCKS if processes == 1 else 1)
 
@@ -173,9 +182,9 @@ class Harness:
     def _seed(case: Case, block: int = 0) -> int:
         return zlib.crc32(f"{case.id}#{block}".encode()) if block else zlib.crc32(case.id.encode())
 
-    def time_elsewhere(self, case: Case) -> list[tuple[list[float], list[float]]]:
+    def time_elsewhere(self, case: Case, evidence: Evidence) -> list[tuple[list[float], list[float]]]:
         """(case seconds, base seconds) of each further block, each timed in its own worker process."""
-        shares = split_rounds(self.profile.latency_rounds, self.processes(case))[1:]
+        shares = split_rounds(evidence.rounds, self.processes(case, evidence.rounds))[1:]
         if not shares:
             return []
         runtime = get_runtime(case.runtime)
@@ -185,7 +194,8 @@ class Harness:
                         memory_format=self.settings.memory_format, image_size=self.profile.image_size,
                         batch_size=case.batch_size, base_artifacts=self.store.artifacts(base, runtime),
                         case_artifacts=self.store.artifacts(prepared, runtime), warmup=self.profile.latency_warmup,
-                        rounds=rounds, seed=self._seed(case, k + 1), turn=self._first_turn(case) + k + 1)
+                        rounds=rounds, seed=self._seed(case, k + 1), turn=self._first_turn(case) + k + 1,
+                        loops=evidence.loops)
                   for k, rounds in enumerate(shares)]
         return self.workers.time(blocks)
 
@@ -233,7 +243,7 @@ class Harness:
         return {"runtime_agreement": round(check.agreement, 6), "runtime_max_rel_diff": diff}
 
     def record(self, case: Case, seconds: list[float], base_seconds: list[float], forward: TimedForward,
-               watch: CpuWatch | None, blocks: int = 1) -> CaseRecord:
+               watch: CpuWatch | None, blocks: int = 1, evidence: Evidence | None = None) -> CaseRecord:
         """The case's typed record: identity, model facts, accuracy evidence, latency and quietness.
         ``forward`` is the case's timed callable: its runner says what was shipped and where it ran."""
         prepared, base = self.prepared(case.model), self.base
@@ -264,7 +274,7 @@ class Harness:
             runtime_providers=runner.details.get("providers"),
             from_cache=prepared.from_cache, trained_on=prepared.info.get("trained_on"),
             cpu_peak_mem_mb=self.peak.cpu_mb(), gpu_peak_mem_mb=self.peak.gpu_mb() if case.device == "cuda" else None,
-            base_times_s=[float(s) for s in base_seconds],
+            base_times_s=[float(s) for s in base_seconds], loops=evidence.loops if evidence else forward.loops,
             other_cpu_cores=watch.other_cores if watch else None,
             loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
             times_s=list(seconds),

@@ -54,11 +54,16 @@ class TimedForward:
     def __init__(self, fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> None:
         self.fn, self.batch = fn, batch
         self.cuda = batch.device.type == "cuda"  # tests may set it to drive the CUDA path with spies
+        self.loops = 1  # consecutive forwards per call (see vggprune.evidence); a call's time / loops = per batch
         self._events: list[tuple] = []
 
     def __call__(self) -> Any:
         if not self.cuda:
-            return self.untimed()
+            heap = _heap_forward(self.fn)
+            with torch.inference_mode(), heap_only() if heap else contextlib.nullcontext():
+                for _ in range(self.loops):
+                    out = self.fn(self.batch)
+            return out
         # Events go on the stream the work runs on: a runtime with a stream of its own (ONNX Runtime)
         # would otherwise be timed by events on an idle stream, i.e. host time.
         stream = getattr(self.fn, "stream", None) or torch.cuda.current_stream()
@@ -66,7 +71,8 @@ class TimedForward:
         with torch.cuda.stream(stream):
             start.record(stream)
             with torch.inference_mode():
-                out = self.fn(self.batch)
+                for _ in range(self.loops):
+                    out = self.fn(self.batch)
             end.record(stream)
         torch.cuda.synchronize()  # inside the timed call: the kernels have finished when it returns
         self._events.append((start, end))
@@ -88,7 +94,8 @@ class TimedForward:
         self._events.clear()
 
     def gpu_times_ms(self) -> list[float]:
-        return [s.elapsed_time(e) for s, e in self._events]
+        """GPU time per batch of each timed call (its events span all its loops)."""
+        return [s.elapsed_time(e) / self.loops for s, e in self._events]
 
 
 def _heap_forward(fn: Callable[[torch.Tensor], Any]) -> bool:
@@ -205,7 +212,7 @@ class PairedRounds:
         t0 = self.clock()
         self.base()
         if self._round >= self.warmup:
-            self._times.append(self.clock() - t0)
+            self._times.append((self.clock() - t0) / getattr(self.base, "loops", 1))  # per batch
 
     def setup(self) -> None:
         self._round += 1
@@ -226,7 +233,9 @@ class PairedRounds:
 def measure(fn: Callable[[], object], rounds: int, warmup: int,
             clock: Callable[[], float] = time.perf_counter, paired: PairedRounds | None = None) -> list[float]:
     """timm-style explicit loop (warm-up, then one timed call per round) for use outside pytest;
-    with ``paired``, the base is run around each call exactly as under pytest-benchmark."""
+    with ``paired``, the base is run around each call exactly as under pytest-benchmark. Times are per
+    batch: a call of ``fn.loops`` forwards counts its time / loops."""
+    loops = getattr(fn, "loops", 1)
     times = []
     for i in range(warmup + rounds):
         if i == warmup and isinstance(fn, TimedForward):
@@ -236,7 +245,7 @@ def measure(fn: Callable[[], object], rounds: int, warmup: int,
         t0 = clock()
         fn()
         if i >= warmup:
-            times.append(clock() - t0)
+            times.append((clock() - t0) / loops)
         if paired:
             paired.teardown()
     return times

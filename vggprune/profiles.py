@@ -121,8 +121,9 @@ class SweepAxes:
     # eager everywhere; the others at the deploy candidates (the base and each scope's largest rate),
     # which keeps `make bench` in budget (compile is opt-in: slow to build, no faster on a CPU)
     runtimes: tuple[str, ...] = ("eager", "fused", "onnxruntime", "openvino")
-    latency_rounds: int = 20
+    latency_rounds: int = 20  # used as given only with --latency-rounds; otherwise sized per case
     latency_warmup: int = 3
+    latency_budget_s: float = 2.0  # timed forwards per case at most, when rounds are sized (vggprune.evidence)
 
 
 _PARTS = {"base": BaseTraining, "finetune": FineTuning, "axes": SweepAxes}
@@ -169,14 +170,14 @@ PROFILES: dict[str, Profile] = {
     # Offline, minutes on a laptop CPU: real handwritten digits, the small VGG11 from scratch.
     "quick": Profile(
         name="quick", dataset="digits", model="small", num_classes=10, image_size=32,
-        scopes=("fc", "conv"), batch_sizes=(1, 64), latency_rounds=30, latency_warmup=5,
+        scopes=("fc", "conv"), batch_sizes=(1, 64), latency_rounds=30, latency_warmup=5, latency_budget_s=0.25,
         base_epochs=20, finetune_epochs=3, lr=0.05, finetune_lr=0.01, train_batch_size=64,
         eval_batch_size=256, schedule="onecycle", augment="crop",
     ),
     # The student study: seed VGG11 on Flowers102 from ImageNet weights, FC pruning 0–50 %.
     "seed": Profile(
         name="seed", dataset="flowers102", model="seed", num_classes=102, image_size=224,
-        batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2,
+        batch_sizes=(1, 8), latency_rounds=10, latency_warmup=2, latency_budget_s=8.0,
         base_epochs=10, finetune_epochs=2, lr=0.01, finetune_lr=0.005, train_batch_size=32,
         augment="imagenet+flip",  # flowers are mirror-symmetric; the study's recipe
     ),

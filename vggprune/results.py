@@ -25,10 +25,10 @@ SCHEMA = 4  # bump when a field changes meaning or a required field is added
 # speed-up interval may include a between-run term (run_spread); a schema-2 interval was within-run
 # and the file says nothing about its machine's spread (None). Schema 4: peak memory, the runtime's
 # providers, whether the case's checkpoint was loaded from the cache and where it was trained, and
-# whether the case's base beat chance (an older file did not say: None).
+# whether the case's base beat chance (an older file did not say: None), and loops per round (1 before).
 ADDED = {3: {"run_spread": None},
          4: {"cpu_peak_mem_mb": None, "gpu_peak_mem_mb": None, "runtime_providers": None, "from_cache": None,
-             "trained_on": None, "base_learned": None}}
+             "trained_on": None, "base_learned": None, "loops": 1}}
 NOISY = 0.10  # IQR/median above this marks a case noisy (torch.utils.benchmark warns at the same level)
 CONTENDED = 0.10  # other processes' CPU use, in cores, during the timing window, above which a case is marked
 
@@ -102,6 +102,7 @@ class CaseRecord:
     gpu_peak_mem_mb: float | None = _range(0, default=None)  # torch's CUDA allocator peak
     # latency: the case's rounds are stats.data; base_times_s are the paired base's, same rounds, same order
     rounds: int = _range(0, default=0)
+    loops: int = _range(1, default=1)  # consecutive forwards per round; every time here is per batch (round / loops)
     blocks: int = _range(1, default=1)  # rounds in this many contiguous blocks, each on fresh model copies
     base_times_s: list[float] = _range(0, open_low=True, factory=list)
     latency_p50_ms: float | None = _range(0, open_low=True, default=None)

@@ -63,6 +63,7 @@ class RunSettings:
     cache_dir: Path | None = None
     use_cache: bool = True
     train_device: str | None = None  # None: CUDA when available (vggprune.train.resolve_device)
+    fixed_rounds: int | None = None  # --latency-rounds: exactly these rounds; None: sized per case
     threads: int = 1
     processes: int = 1  # processes a CPU case's rounds are timed in; 1 = no worker processes
     run_spread: float = RUN_SPREAD  # between-run SD (log scale) the speed-up intervals allow for
@@ -283,6 +284,7 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
         cache_dir=Path(str(raw["cache_dir"])).expanduser() if raw.get("cache_dir") else None,
         use_cache=not raw.get("no_cache"),
         train_device=resolve_train_device(raw.get("train_device"), cuda_available),
+        fixed_rounds=profile.latency_rounds if raw.get("latency_rounds") else None,
         threads=threads,
         processes=(int_in_range("--timing-processes", raw["timing_processes"], 1, MAX_PROCESSES)
                    if raw.get("timing_processes") else TIMING_PROCESSES),

@@ -100,6 +100,7 @@ class Block:
     rounds: int
     seed: int
     turn: int = 0  # which copy is made first (see in_turn)
+    loops: int = 1  # forwards per round, as the case was sized (vggprune.evidence)
 
 
 def time_block(block: Block) -> tuple[list[float], list[float]]:
@@ -112,6 +113,7 @@ def time_block(block: Block) -> tuple[list[float], list[float]]:
                          block.turn)
     base_forward, case_forward = timed_pair(base, case, make_batch(
         block.batch_size, block.image_size, block.device, memory_format=block.memory_format))
+    base_forward.loops = case_forward.loops = block.loops
     paired = PairedRounds(base_forward, warmup=block.warmup, seed=block.seed)
     seconds = measure(case_forward, block.rounds, block.warmup, paired=paired)
     return seconds, paired.times()
