@@ -19,13 +19,27 @@ from vggprune.atomic import write_atomic
 from vggprune.cli import main
 from vggprune.errors import UserError
 from vggprune.latency import summarize
-from vggprune.report import BASE_UNLEARNED, CSV_FIELDS, load_rows, load_run, marks, render, summary_tables
+from vggprune.report import (
+    BASE_CELLS,
+    BASE_UNLEARNED,
+    CSV_FIELDS,
+    Table,
+    fmt_num,
+    load_rows,
+    load_run,
+    marks,
+    render,
+    report_tables,
+    summary_tables,
+    with_interval,
+)
 from vggprune.results import ADDED, SCHEMA
 from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CPU = FIXTURES / "run_cpu.json"
 GPU = FIXTURES / "run_gpu.json"
+EXAMPLE = Path(__file__).parent.parent / "reports" / "example" / "run.json"
 
 
 def raw(path: Path = CPU) -> dict:
@@ -43,6 +57,27 @@ def variant(tmp_path: Path, edit, src: Path = CPU, name: str = "variant.json") -
     path = tmp_path / name
     path.write_text(json.dumps(data))
     return path
+
+
+def lines_of(table: Table) -> list[dict[str, str]]:
+    """Each row of a table as header → cell, with the columns its caption holds filled back in."""
+    out = []
+    for line in table.rows:
+        cell = dict(zip(table.headers, line))
+        for header, value in table.fixed.items():
+            cell[header] = BASE_CELLS[header] if cell["method"] == "base" else value
+        out.append(cell)
+    return out
+
+
+def case_line(tables: list[Table], kind: str, case: dict, where: str = "") -> dict[str, str]:
+    """The one line for ``case`` in the ``kind`` tables (title prefix) whose title contains ``where``."""
+    found = [c for t in tables if t.title.startswith(kind) and where in t.title for c in lines_of(t)
+             if (c["method"], c["scope"], c["criterion"], c["rate"]) == (
+                 case["method"], case["scope"], case["criterion"], f"{case['rate']:g}")
+             and c.get("runtime", case["runtime"]) == case["runtime"]]
+    assert len(found) == 1, (kind, where, case["case_id"], found)
+    return found[0]
 
 
 def p50(cases: list[dict], **match) -> float:
@@ -71,40 +106,83 @@ def test_one_row_per_case_with_derived_ratios_from_the_same_device_and_batch():
     assert rows[0]["method"] == "base"  # base first, then the sweep
 
 
-def test_summary_table_has_a_row_per_method_scope_criterion_rate_for_each_batch_size():
+def test_summary_has_size_and_accuracy_per_model_and_latency_per_batch_size_and_device():
     runs, rows = load_rows([CPU])
     cases = extras()
     tables = summary_tables(rows)
-    assert [t.title.split("batch size ")[1] for t in tables] == [
-        str(b) for b in sorted({c["batch_size"] for c in cases})]
+    assert [t.title for t in tables] == ["Size: profile quick, model small", "Accuracy: profile quick, model small"] + [
+        f"Latency: profile quick, model small, batch size {b}, cpu" for b in sorted({c["batch_size"] for c in cases})]
+    idents = {(c["method"], c["scope"], c["criterion"], f"{c['rate']:g}") for c in cases}
     for table in tables:
-        bs = int(table.title.split("batch size ")[1])
-        expected = {(c["method"], c["scope"], c["criterion"], f"{c['rate']:g}")
-                    for c in cases if c["batch_size"] == bs}
-        assert {tuple(line[:4]) for line in table.rows} == expected
-        assert len(table.rows) == len(expected)
-        assert table.rows[0][:4] == ["base", "none", "none", "0"]
-        for h in ("params", "% of base", "MMACs", "theor. ×", "top-1 % (95 % CI)", "vs base", "cpu p50 ms (IQR)",
-                  "cpu × (95 % CI)", "cpu ×/theor.", "cpu marks"):
-            assert h in table.headers
-        base = table.rows[0]
-        assert base[table.headers.index("% of base")] == "100.0"
+        got = [(c["method"], c["scope"], c["criterion"], c["rate"]) for c in lines_of(table)]
+        assert set(got) == idents and len(got) == len(idents)  # size and top-1 once, not once per batch size
+        assert got[0] == ("base", "none", "none", "0")
+    size, accuracy, latency = tables[0], tables[1], tables[2]
+    assert size.headers[-5:] == ["params", "% of base", "MMACs", "theor. ×", "MB"]
+    assert accuracy.fixed == {"criterion": "l2", "vs base": "n.s."} and "vs base n.s." in accuracy.caption
+    assert latency.headers[-4:] == ["p50 ms (IQR)", "× (95 % CI)", "×/theor.", "marks"]
+    assert lines_of(size)[0]["% of base"] == "100.0"
 
 
 def test_table_cells_show_the_contract_values():
     _, rows = load_rows([CPU])
     case = next(c for c in extras() if c["method"] != "base" and c["accuracy"] is not None)
-    table = next(t for t in summary_tables(rows) if t.title.endswith(f"batch size {case['batch_size']}"))
-    line = next(r for r in table.rows
-                if r[:4] == [case["method"], case["scope"], case["criterion"], f"{case['rate']:g}"])
-    cell = dict(zip(table.headers, line))
-    assert cell["params"] == f"{case['params']:,}"
-    assert cell["MMACs"] == f"{case['macs'] / 1e6:,.2f}"
+    tables = summary_tables(rows)
+    size, accuracy = case_line(tables, "Size", case), case_line(tables, "Accuracy", case)
+    latency = case_line(tables, "Latency", case, f"batch size {case['batch_size']},")
+    assert size["params"] == f"{case['params']:,}"
+    assert size["MMACs"] == f"{case['macs'] / 1e6:,.2f}"
     low, high = case["accuracy_ci"]
-    assert cell["top-1 % (95 % CI)"] == f"{100 * case['accuracy']:.1f} ({100 * low:.1f}–{100 * high:.1f})"
-    assert cell["cpu p50 ms (IQR)"].split(" (")[0] in (f"{case['latency_p50_ms']:.2f}",
-                                                       f"{case['latency_p50_ms']:.1f}",
-                                                       f"{case['latency_p50_ms']:,.0f}")
+    assert accuracy["top-1 % (95 % CI)"] == f"{100 * case['accuracy']:.1f} ({100 * low:.1f}–{100 * high:.1f})"
+    assert latency["p50 ms (IQR)"].split(" (")[0] in (f"{case['latency_p50_ms']:.2f}",
+                                                    f"{case['latency_p50_ms']:.1f}",
+                                                    f"{case['latency_p50_ms']:,.0f}")
+
+
+def test_the_example_report_fits_120_columns_and_keeps_every_figure(capsys, tmp_path):
+    """What `make bench` prints fits a 120-column terminal, and no figure or interval was dropped for it."""
+    assert main(["report", str(EXAMPLE), "--out", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    too_wide = [line for line in out.splitlines() if len(line) > 120]
+    assert not too_wide, too_wide[:3]
+    assert max(len(line) for line in (tmp_path / "summary.md").read_text().splitlines()) <= 120
+    runs, rows = load_rows([EXAMPLE])
+    tables = report_tables(runs, rows)
+    eager = {r["case_id"] for r in rows if r["runtime"] == "eager"}
+    multi = {(r["method"], r["scope"], r["criterion"], r["rate"]) for r in rows if r["runtime"] != "eager"}
+    for r in rows:
+        where = f"batch size {r['batch_size']}, {r['device_label']}"
+        iqr = [r["latency_q1_ms"], r["latency_q3_ms"]]
+        timing = {"p50 ms (IQR)": with_interval(r["latency_p50_ms"], iqr, "ms"),
+                  "× (95 % CI)": with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x"),
+                  "×/theor.": with_interval(r["speedup_ratio"], r["speedup_ratio_ci"], "x"), "marks": marks(r)}
+        if r["case_id"] in eager:
+            size = case_line(tables, "Size", r)
+            assert (size["params"], size["% of base"], size["MMACs"], size["theor. ×"], size["MB"]) == (
+                f"{r['params']:,}", fmt_num(r["params_pct"], "pct1"), fmt_num(r["macs"], "mmacs"),
+                fmt_num(r["theoretical_speedup"], "x"), fmt_num(r["size_mb"], "mb"))
+            acc = case_line(tables, "Accuracy", r)
+            assert (acc["top-1 % (95 % CI)"], acc["before FT %"], acc["vs base"]) == (
+                with_interval(r["accuracy"], r["accuracy_ci"], "acc"),
+                fmt_num(r["accuracy_before_finetune"], "acc"), r["accuracy_vs_base"] or "")
+            latency = case_line(tables, "Latency", r, where)
+            assert {h: latency.get(h, "") for h in timing} == timing
+        if (r["method"], r["scope"], r["criterion"], r["rate"]) in multi:
+            timed = case_line(tables, "Runtimes", r, where)
+            assert {h: timed.get(h, "") for h in timing} == timing
+            shipped = case_line(tables, "Deploying", r, where)
+            assert shipped["MB"] == fmt_num(r["size_mb"], "mb")
+            assert shipped["top-1 agrees"] == ("reference" if r["runtime"] == "eager"
+                                               else f"{100 * r['runtime_agreement']:.2f} %")
+            assert r["runtime"] == "eager" or shipped["max rel. Δ"] == f"{r['runtime_max_rel_diff']:.1e}"
+            gain = (with_interval(r["deploy_speedup"], r["deploy_speedup_ci"], "x") if r["runtime"] != "eager"
+                    else "1.00" if r["method"] == "base" else timing["× (95 % CI)"])
+            assert shipped["× vs eager base"] == gain
+    devices = {t.title: [dict(zip(t.headers, line)) for line in t.rows] for t in tables}
+    (hardware,), (software,) = devices["Devices"], devices["Software"]
+    assert (hardware["name"], hardware["threads"], hardware["memory format"]) == (
+        rows[0]["device_name"], str(rows[0]["threads"]), rows[0]["memory_format"])
+    assert (software["torch"], software["run file"]) == (runs[0].machine_info["vggprune"]["torch"], "run.json")
 
 
 def test_missing_accuracy_is_a_dash_with_its_reason_noted(tmp_path):
@@ -115,7 +193,8 @@ def test_missing_accuracy_is_a_dash_with_its_reason_noted(tmp_path):
 
     runs, rows = load_rows([variant(tmp_path, drop_accuracy)])
     text = render(runs, rows, "github")
-    assert all(t.rows[0][t.headers.index("top-1 % (95 % CI)")] == "–" for t in summary_tables(rows))
+    accuracy = [t for t in summary_tables(rows) if t.title.startswith("Accuracy")]
+    assert accuracy and all(lines_of(t)[0]["top-1 % (95 % CI)"] == "–" for t in accuracy)
     assert f"top-1 missing for {len(rows)} case(s): Flowers102 not found under /data" in text
 
 
@@ -128,8 +207,8 @@ def test_a_run_without_timing_still_reports_sizes_and_accuracy(tmp_path):
 
     runs, rows = load_rows([variant(tmp_path, untimed)])
     assert len(rows) == len(extras()) and all(r["latency_p50_ms"] is None for r in rows)
-    table = summary_tables(rows)[0]
-    assert table.rows[0][table.headers.index("cpu p50 ms (IQR)")] == "–"
+    latency = [t for t in summary_tables(rows) if t.title.startswith("Latency")]
+    assert latency and all(lines_of(t)[0]["p50 ms (IQR)"] == "–" for t in latency)
 
 
 def test_noisy_and_contended_cases_are_marked_and_counted(tmp_path):
@@ -182,8 +261,8 @@ def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
     assert {r["accuracy_vs_base"] for r in rows} == {BASE_UNLEARNED}  # the base's own row too
     text = render(runs, rows, "github")
     assert f"{len(rows)} case(s) are marked `{BASE_UNLEARNED}`: their base's top-1 did not beat chance" in text
-    table = summary_tables(rows)[0]
-    assert table.rows[0][table.headers.index("vs base")] == BASE_UNLEARNED
+    (accuracy,) = [t for t in summary_tables(rows) if t.title.startswith("Accuracy")]
+    assert {c["vs base"] for c in lines_of(accuracy)} == {BASE_UNLEARNED}  # a column: the base's row holds it too
     assert "base_learned" in CSV_FIELDS
     runs, learned = load_rows([variant(tmp_path, lambda d: [b["extra_info"].update(
         ADDED[4], schema=SCHEMA, run_spread=None, base_learned=True) for b in d["benchmarks"]], name="learned.json")])
@@ -195,7 +274,7 @@ def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
 def test_formats_github_plain_csv_json():
     runs, rows = load_rows([CPU])
     github, plain = render(runs, rows, "github"), render(runs, rows, "plain")
-    assert "| method" in github and "### profile" in github and "### Devices" in github
+    assert "| method" in github and "### Size: profile" in github and "### Devices" in github
     assert "|" not in plain and "method" in plain
     parsed = list(csv.DictReader(io.StringIO(render(runs, rows, "csv"))))
     assert len(parsed) == len(rows) and tuple(parsed[0]) == CSV_FIELDS
@@ -225,10 +304,10 @@ def test_merge_cpu_run_with_gpu_run_from_another_machine():
             assert r["vs_cpu_speedup"] == pytest.approx(cpu_p50 / r["latency_p50_ms"], rel=1e-3)
             low, high = r["vs_cpu_speedup_ci"]  # timed apart: an unpaired interval, but never none
             assert low < r["vs_cpu_speedup"] < high
-    table = summary_tables(rows)[0]
-    assert "cuda@gpu-box vs cpu@gpu-box × (95 % CI)" in table.headers
-    assert f"cpu@{node} p50 ms (IQR)" in table.headers
-    assert table.headers.index(f"cpu@{node} p50 ms (IQR)") < table.headers.index("cuda@gpu-box p50 ms (IQR)")
+    titles = [t.title for t in summary_tables(rows)]
+    assert any(h == "cuda@gpu-box vs cpu@gpu-box × (95 % CI)" for t in summary_tables(rows) for h in t.headers)
+    latency_1 = [t.split(", ")[-1] for t in titles if t.startswith("Latency") and "batch size 1," in t]
+    assert latency_1 == [f"cpu@{node}", "cpu@gpu-box", "cuda@gpu-box"]  # a table per device, CPUs first
 
 
 def test_gpu_only_file_is_compared_with_the_only_cpu_and_each_column_names_its_machine(tmp_path):
@@ -240,7 +319,7 @@ def test_gpu_only_file_is_compared_with_the_only_cpu_and_each_column_names_its_m
     assert {r["device_label"] for r in rows} == {cpu, "cuda@gpu-box"}
     cuda = [r for r in rows if r["device"] == "cuda"]
     assert cuda and all(r["vs_cpu_device"] == cpu and r["vs_cpu_speedup"] > 0 for r in cuda)
-    assert f"cuda@gpu-box vs {cpu} × (95 % CI)" in summary_tables(rows)[0].headers
+    assert any(f"cuda@gpu-box vs {cpu} × (95 % CI)" in t.headers for t in summary_tables(rows))
 
 
 def test_runs_from_one_machine_keep_plain_column_names(tmp_path):
@@ -327,7 +406,7 @@ def test_a_case_twice_in_one_file_is_an_error(tmp_path):
 def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
     assert main(["report", str(CPU), str(GPU), "--out", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("### profile") and "cuda@gpu-box vs cpu@gpu-box × (95 % CI)" in out
+    assert out.startswith("### Size: profile") and "cuda@gpu-box vs cpu@gpu-box × (95 % CI)" in out
     names = {p.name for p in tmp_path.iterdir()}
     assert {"summary.md", "summary.csv", "summary.json"} <= names
     pngs = sorted(n for n in names if n.endswith(".png"))
@@ -377,3 +456,21 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     write_atomic(target, "old")
     write_atomic(target, b"new")
     assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["summary.md"]
+
+
+def test_top_1_that_differs_between_merged_machines_keeps_a_line_per_machine(tmp_path):
+    """Size and top-1 are shown once per case; two machines' differing top-1 is never collapsed into one."""
+    def retrained(data):
+        for b in data["benchmarks"]:
+            e = b["extra_info"]
+            k = e["correct"].count("1") - 1  # one image fewer right: another machine's weights
+            e.update(correct="1" * k + "0" * (len(e["correct"]) - k), accuracy=k / len(e["correct"]),
+                     accuracy_ci=list(wilson_interval(k, len(e["correct"]))))
+
+    _, rows = load_rows([CPU, variant(tmp_path, retrained, src=GPU)])
+    (accuracy,) = [t for t in summary_tables(rows) if t.title.startswith("Accuracy")]
+    assert accuracy.headers[-1] == "measured on"
+    node = raw(CPU)["machine_info"]["node"]
+    base = [c for c in lines_of(accuracy) if c["method"] == "base"]
+    assert [c["measured on"] for c in base] == [f"cpu@{node}", "cpu@gpu-box, cuda@gpu-box"]
+    assert base[0]["top-1 % (95 % CI)"] != base[1]["top-1 % (95 % CI)"]

@@ -16,8 +16,9 @@ import io
 import json
 import math
 import os
+import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -276,16 +277,59 @@ def marks(row: Row) -> str:
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table ready for tabulate; ``numeric`` marks right-aligned columns."""
+    """A titled table ready for tabulate; ``numeric`` marks right-aligned columns.
+
+    ``fixed`` holds the columns left out because every pruned row had the same value and the base rows
+    held their own (:data:`BASE_CELLS`: scope and criterion ``none``, no verdict); the caption names them,
+    so a reader loses nothing and the table stays narrow enough for a terminal.
+    """
 
     title: str
     headers: list[str]
     rows: list[list[str]]
     numeric: list[bool]
+    fixed: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def caption(self) -> str:
+        same = ", ".join(f"{h} {v or '–'}" for h, v in self.fixed.items())
+        first = [f"Every pruned row: {same}" + ("" if same.endswith(".") else ".")] if same else []
+        return " ".join(first + list(self.notes))
 
     def render(self, fmt: str = "github") -> str:
         align = ["right" if n else "left" for n in self.numeric]
         return tabulate(self.rows, headers=self.headers, tablefmt=fmt, disable_numparse=True, colalign=align)
+
+
+# what a base row holds in a column a pruned case fills: a column may be dropped when these differ
+BASE_CELLS = {"scope": "none", "criterion": "none", "vs base": ""}
+_MARKS = "marks"
+
+
+def _table(title: str, columns: Sequence[tuple[str, bool]], lines: Sequence[tuple[bool, list[str]]],
+           note: str = "") -> Table:
+    """Build a table from (header, numeric) columns and (is_base, cells) lines, moving out what repeats.
+
+    A column in :data:`BASE_CELLS` whose pruned rows all agree (and whose base rows hold the base's
+    own value there) goes to the caption; an empty ``marks`` column goes too, with a sentence saying so.
+    """
+    headers = [h for h, _ in columns]
+    fixed: dict[str, str] = {}
+    notes = [note] if note else []
+    drop = set()
+    pruned = [cells for is_base, cells in lines if not is_base]
+    for i, h in enumerate(headers):
+        if h == _MARKS and all(not cells[i] for _, cells in lines):
+            drop.add(i)
+            notes.append("No latency here is marked noisy or contended.")
+        elif h in BASE_CELLS and pruned and len({cells[i] for cells in pruned}) == 1 and all(
+                cells[i] == BASE_CELLS[h] for is_base, cells in lines if is_base):
+            drop.add(i)
+            fixed[h] = pruned[0][i]
+    keep = [i for i in range(len(headers)) if i not in drop]
+    return Table(title=title, headers=[headers[i] for i in keep], numeric=[columns[i][1] for i in keep],
+                 rows=[[cells[i] for i in keep] for _, cells in lines], fixed=fixed, notes=tuple(notes))
 
 
 def _row_id(r: Row) -> tuple:
@@ -298,55 +342,73 @@ def _primary_runtime(rows: Sequence[Row]) -> str:
         runtimes, key=lambda rt: _RUNTIME_ORDER.get(rt, 9))[0]
 
 
-def summary_tables(rows: Sequence[Row]) -> list[Table]:
-    """One wide table per (profile, model, batch size) in eager PyTorch: a row per (method, scope,
-    criterion, rate), size and accuracy once, then latency and speed-ups side by side for each device.
-    The other runtimes have their own tables (:func:`runtime_tables`)."""
-    tables = []
+def _ident(show_round: bool) -> list[tuple[str, bool]]:
+    return [("method", False), ("scope", False), ("criterion", False)] + (
+        [("round_to", True)] if show_round else []) + [("rate", True)]
+
+
+def _ident_cells(r: Row, show_round: bool) -> list[str]:
+    return [r["method"], r["scope"], r["criterion"]] + ([str(r["round_to"])] if show_round else []) + [
+        fmt_num(r["rate"], "rate")]
+
+
+def model_tables(rows: Sequence[Row]) -> list[Table]:
+    """Per (profile, model) in the primary runtime: a size table and an accuracy table, each case once.
+
+    Neither depends on batch size, so they are not repeated per batch; they are two tables rather
+    than one so that each stays narrower than a terminal with every interval kept.
+    """
     primary = _primary_runtime(rows)
     rows = [r for r in rows if r["runtime"] == primary]
     show_round = len({r["round_to"] for r in rows}) > 1
     show_size = any(r["size_mb"] is not None for r in rows)
     show_before = any(r["accuracy_before_finetune"] is not None for r in rows)
-    for group in sorted({(r["profile"], r["model"], r["batch_size"]) for r in rows}):
-        grows = [r for r in rows if (r["profile"], r["model"], r["batch_size"]) == group]
-        devices = device_order((r["device_label"] for r in grows), grows)
-        accels = [d for d in devices
-                  if any(r["vs_cpu_speedup"] is not None for r in grows if r["device_label"] == d)]
-        ident = ["method", "scope", "criterion"] + (["round_to"] if show_round else []) + ["rate"]
-        headers = ident + ["params", "% of base", "MMACs", "theor. ×"] + (["MB"] if show_size else []) + [
-            "top-1 % (95 % CI)"] + (["before FT %"] if show_before else []) + ["vs base"]
-        numeric = [h in ("round_to", "rate") for h in ident] + [True] * (len(headers) - len(ident) - 1) + [False]
-        for d in devices:
-            headers += [f"{d} p50 ms (IQR)", f"{d} × (95 % CI)", f"{d} ×/theor.", f"{d} marks"]
-            numeric += [True] * 3 + [False]
-        for d in accels:
-            partner = next(r["vs_cpu_device"] for r in grows if r["device_label"] == d and r["vs_cpu_device"])
-            headers.append(f"{d} vs {partner} × (95 % CI)")
-            numeric.append(True)
-        cells = []
-        for rid in dict.fromkeys(_row_id(r) for r in grows):  # rows arrive in row_order
-            per_dev = {r["device_label"]: r for r in grows if _row_id(r) == rid}
-            first = per_dev[next(d for d in devices if d in per_dev)]
-            acc = next((per_dev[d] for d in devices if d in per_dev and per_dev[d]["accuracy"] is not None), first)
-            line = [first["method"], first["scope"], first["criterion"]] + (
-                [str(first["round_to"])] if show_round else []) + [fmt_num(first["rate"], "rate")] + [
-                fmt_num(first["params"], "int"), fmt_num(first["params_pct"], "pct1"),
-                fmt_num(first["macs"], "mmacs"), fmt_num(first["theoretical_speedup"], "x")] + (
-                [fmt_num(first["size_mb"], "mb")] if show_size else []) + [
-                with_interval(acc["accuracy"], acc["accuracy_ci"], "acc")] + (
-                [fmt_num(acc["accuracy_before_finetune"], "acc")] if show_before else []) + [
-                acc["accuracy_vs_base"] or ""]
-            for d in devices:
-                r = per_dev.get(d)
-                line += ["–"] * 4 if r is None else _latency_cells(r)
-            line += [with_interval(per_dev[d]["vs_cpu_speedup"], per_dev[d]["vs_cpu_speedup_ci"], "x")
-                     if d in per_dev else "–" for d in accels]
-            cells.append(line)
-        runtime = "" if primary == DEFAULT_RUNTIME else f", runtime {primary}"
-        title = f"profile {group[0]}, model {group[1]}, batch size {group[2]}{runtime}"
-        tables.append(Table(title=title, headers=headers, rows=cells, numeric=numeric))
+    runtime = "" if primary == DEFAULT_RUNTIME else f", runtime {primary}"
+    tables = []
+    for group in sorted({(r["profile"], r["model"]) for r in rows}):
+        grows = sorted((r for r in rows if (r["profile"], r["model"]) == group),
+                       key=lambda r: row_order({**r, "batch_size": 0}))  # each case where a sweep puts it
+        for kind in ("Size", "Accuracy"):
+            if kind == "Size":
+                columns = [("params", True), ("% of base", True), ("MMACs", True), ("theor. ×", True)] + (
+                    [("MB", True)] if show_size else [])
+
+                def cells(r: Row) -> list[str]:
+                    return [fmt_num(r["params"], "int"), fmt_num(r["params_pct"], "pct1"),
+                            fmt_num(r["macs"], "mmacs"), fmt_num(r["theoretical_speedup"], "x")] + (
+                        [fmt_num(r["size_mb"], "mb")] if show_size else [])
+            else:
+                columns = [("top-1 % (95 % CI)", True)] + ([("before FT %", True)] if show_before else []) + [
+                    ("vs base", False)]
+
+                def cells(r: Row) -> list[str]:
+                    return [with_interval(r["accuracy"], r["accuracy_ci"], "acc")] + (
+                        [fmt_num(r["accuracy_before_finetune"], "acc")] if show_before else []) + [
+                        r["accuracy_vs_base"] or ""]
+            lines, split = _model_lines(grows, show_round, cells)
+            title = f"{kind}: profile {group[0]}, model {group[1]}{runtime}"
+            tables.append(_table(title, _ident(show_round) + columns + ([("measured on", False)] if split else []),
+                                 lines))
     return tables
+
+
+def _model_lines(rows: Sequence[Row], show_round: bool, cells) -> tuple[list[tuple[bool, list[str]]], bool]:
+    """One line per case for what does not depend on batch size or device (size, top-1).
+
+    Copies that disagree (runs merged from machines that trained their own weights) each keep a
+    line that names where it was measured (and the flag says so), rather than one being picked silently.
+    """
+    variants: dict[tuple, dict[tuple, list[str]]] = {}
+    for r in rows:
+        if r["accuracy"] is None and any(o["accuracy"] is not None for o in rows if _row_id(o) == _row_id(r)):
+            continue  # a device that did not evaluate top-1 adds nothing
+        key = (_row_id(r), tuple(_ident_cells(r, show_round)))
+        where = variants.setdefault(key, {}).setdefault(tuple(cells(r)), [])
+        if r["device_label"] not in where:
+            where.append(r["device_label"])
+    split = any(len(v) > 1 for v in variants.values())
+    return [(key[0][0] == BASE_METHOD, [*key[1], *values] + ([", ".join(where)] if split else []))
+            for key, by_cells in variants.items() for values, where in by_cells.items()], split
 
 
 def _latency_cells(r: Row) -> list[str]:
@@ -356,10 +418,62 @@ def _latency_cells(r: Row) -> list[str]:
             with_interval(r["speedup_ratio"], r["speedup_ratio_ci"], "x"), marks(r)]
 
 
+LATENCY_COLUMNS = [("p50 ms (IQR)", True), ("× (95 % CI)", True), ("×/theor.", True), (_MARKS, False)]
+
+
+def latency_tables(rows: Sequence[Row]) -> list[Table]:
+    """Per (profile, model, batch size, device) in the primary runtime: latency and paired speed-ups.
+
+    One device per table, so that a merged CPU + GPU report grows longer, never wider; a GPU's
+    speed-up over its CPU has its own table (:func:`vs_cpu_tables`).
+    """
+    primary = _primary_runtime(rows)
+    rows = [r for r in rows if r["runtime"] == primary]
+    show_round = len({r["round_to"] for r in rows}) > 1
+    runtime = "" if primary == DEFAULT_RUNTIME else f", runtime {primary}"
+    tables = []
+    for group in sorted({(r["profile"], r["model"], r["batch_size"]) for r in rows}):
+        grows = [r for r in rows if (r["profile"], r["model"], r["batch_size"]) == group]
+        for d in device_order((r["device_label"] for r in grows), grows):
+            lines = [(r["method"] == BASE_METHOD, _ident_cells(r, show_round) + _latency_cells(r))
+                     for r in grows if r["device_label"] == d]
+            title = f"Latency: profile {group[0]}, model {group[1]}, batch size {group[2]}, {d}{runtime}"
+            tables.append(_table(title, _ident(show_round) + LATENCY_COLUMNS, lines))
+    return tables
+
+
+def vs_cpu_tables(rows: Sequence[Row]) -> list[Table]:
+    """Per accelerator and batch size: its CPU partner's p50 over its own, with an unpaired 95 % CI."""
+    primary = _primary_runtime(rows)
+    rows = [r for r in rows if r["runtime"] == primary and r["vs_cpu_speedup"] is not None]
+    show_round = len({r["round_to"] for r in rows}) > 1
+    tables = []
+    for group in sorted({(r["profile"], r["model"], r["batch_size"]) for r in rows}):
+        grows = [r for r in rows if (r["profile"], r["model"], r["batch_size"]) == group]
+        for d in device_order((r["device_label"] for r in grows), grows):
+            drows = [r for r in grows if r["device_label"] == d]
+            partner = drows[0]["vs_cpu_device"]
+            lines = [(r["method"] == BASE_METHOD, _ident_cells(r, show_round) + [
+                with_interval(r["vs_cpu_speedup"], r["vs_cpu_speedup_ci"], "x")]) for r in drows]
+            title = f"{d} vs {partner}: profile {group[0]}, model {group[1]}, batch size {group[2]}"
+            tables.append(_table(title, _ident(show_round) + [(f"{d} vs {partner} × (95 % CI)", True)], lines,
+                                 note=f"{partner}'s p50 over {d}'s for the same case, timed apart."))
+    return tables
+
+
+def summary_tables(rows: Sequence[Row]) -> list[Table]:
+    """The main summary in the primary runtime: size and accuracy per model, then latency per batch
+    size and device, then accelerators against their CPU. Other runtimes: :func:`runtime_tables`."""
+    return [*model_tables(rows), *latency_tables(rows), *vs_cpu_tables(rows)]
+
+
 def runtime_tables(rows: Sequence[Row]) -> list[Table]:
-    """Per (profile, model, batch size, device): the models timed in more than one runtime, each
-    runtime's speed-up against the base *in the same runtime* (paired), and the deploy gain against
-    the base in eager PyTorch; with the size shipped and how closely its outputs matched eager."""
+    """Per (profile, model, batch size, device): the models timed in more than one runtime, in two tables.
+
+    *Runtimes* holds each runtime's latency and its speed-up against the base *in the same runtime*
+    (paired); *Deploying* holds the size shipped, how closely its outputs matched eager and the gain
+    against the base in eager PyTorch (what pruning and the runtime buy together).
+    """
     tables = []
     if len({r["runtime"] for r in rows}) < 2:
         return tables
@@ -367,24 +481,29 @@ def runtime_tables(rows: Sequence[Row]) -> list[Table]:
         grows = [r for r in rows if (r["profile"], r["model"], r["batch_size"], r["device_label"]) == group]
         multi = {k for k in {_row_id(r)[:-1] for r in grows}
                  if len({r["runtime"] for r in grows if _row_id(r)[:-1] == k}) > 1}
-        grows = [r for r in grows if _row_id(r)[:-1] in multi]
+        grows = sorted((r for r in grows if _row_id(r)[:-1] in multi),
+                       key=lambda r: (r["method"] != BASE_METHOD, row_order(r)))
         if not grows:
             continue
-        headers = ["method", "scope", "criterion", "rate", "runtime", "MB", "agrees with eager", "max rel. Δ",
-                   "p50 ms (IQR)", "× vs same-runtime base (95 % CI)", "×/theor.", "× vs eager base (95 % CI)", "marks"]
-        cells = []
-        for r in sorted(grows, key=lambda r: (r["method"] != BASE_METHOD, row_order(r))):
+        show_round = len({r["round_to"] for r in grows}) > 1
+        ident = _ident(show_round) + [("runtime", False)]
+        where = f"profile {group[0]}, model {group[1]}, batch size {group[2]}, {group[3]}"
+        timed = [(r["method"] == BASE_METHOD, _ident_cells(r, show_round) + [r["runtime"]] + _latency_cells(r))
+                 for r in grows]
+        tables.append(_table(f"Runtimes: {where}", ident + LATENCY_COLUMNS, timed,
+                             note="`×` against the base in the same runtime."))
+        shipped = []
+        for r in grows:
             agree = "reference" if r["runtime"] == DEFAULT_RUNTIME else (
                 "–" if r["runtime_agreement"] is None else f"{100 * r['runtime_agreement']:.2f} %")
             diff = "" if r["runtime_max_rel_diff"] is None else f"{r['runtime_max_rel_diff']:.1e}"
-            lat = _latency_cells(r)
-            cells.append([r["method"], r["scope"], r["criterion"], fmt_num(r["rate"], "rate"), r["runtime"],
-                          fmt_num(r["size_mb"], "mb"), agree, diff, *lat[:3],
-                          _deploy_cell(r),
-                          lat[3]])
-        numeric = [False] * 3 + [True, False, True, True, True, True, True, True, True, False]
-        title = f"Runtimes: profile {group[0]}, model {group[1]}, batch size {group[2]}, {group[3]}"
-        tables.append(Table(title=title, headers=headers, rows=cells, numeric=numeric))
+            shipped.append((r["method"] == BASE_METHOD, _ident_cells(r, show_round) + [
+                r["runtime"], fmt_num(r["size_mb"], "mb"), agree, diff, _deploy_cell(r)]))
+        columns = [("MB", True), ("top-1 agrees", True), ("max rel. Δ", True), ("× vs eager base", True)]
+        tables.append(_table(f"Deploying: {where}", ident + columns, shipped,
+                             note="`top-1 agrees`: share of test images whose top-1 matches eager's; "
+                                  "`max rel. Δ`: largest relative logit difference; `× vs eager base` (95 % CI): "
+                                  "the eager base's p50 over this one's."))
     return tables
 
 
@@ -398,24 +517,25 @@ def _deploy_cell(r: Row) -> str:
     return with_interval(r["measured_speedup"], r["measured_speedup_ci"], "x")
 
 
-def devices_table(runs: Sequence[Run], rows: Sequence[Row]) -> Table:
-    """Which hardware and software each device column stands for."""
-    lines, seen = [], set()
-    for r in rows:
+def devices_tables(runs: Sequence[Run], rows: Sequence[Row]) -> list[Table]:
+    """Which hardware and software each device label stands for, in two tables so that a long CPU
+    name still fits a terminal."""
+    hardware, software, seen = [], [], set()
+    order = device_order((r["device_label"] for r in rows), rows)
+    for r in sorted(rows, key=lambda r: order.index(r["device_label"])):
         if r["device_label"] in seen:
             continue
         seen.add(r["device_label"])
         info = next(run.machine_info for run in runs if run.path == r["source"])
         versions = info.get("vggprune") if isinstance(info.get("vggprune"), dict) else {}
-        lines.append([r["device_label"], str(r["device_name"]), r["node"], str(r["threads"]), r["dtype"],
-                      str(r["memory_format"] or "?"),
-                      str(versions.get("torch", "?")), str(versions.get("torch_pruning", "?")),
-                      Path(r["source"]).name])
-    order = device_order((r["device_label"] for r in rows), rows)
-    lines.sort(key=lambda line: order.index(line[0]))
-    headers = ["device", "name", "machine", "threads", "dtype", "memory format", "torch", "torch-pruning",
-               "run file"]
-    return Table(title="Devices", headers=headers, rows=lines, numeric=[False] * len(headers))
+        hardware.append([r["device_label"], str(r["device_name"]), r["node"], str(r["threads"]), r["dtype"],
+                         str(r["memory_format"] or "?")])
+        software.append([r["device_label"], str(versions.get("torch", "?")), str(versions.get("torch_pruning", "?")),
+                         Path(r["source"]).name])
+    hw = ["device", "name", "machine", "threads", "dtype", "memory format"]
+    sw = ["device", "torch", "torch-pruning", "run file"]
+    return [Table(title="Devices", headers=hw, rows=hardware, numeric=[False] * len(hw)),
+            Table(title="Software", headers=sw, rows=software, numeric=[False] * len(sw))]
 
 
 def accuracy_notes(rows: Sequence[Row]) -> list[str]:
@@ -457,19 +577,34 @@ def timing_notes(rows: Sequence[Row]) -> list[str]:
 LEGEND = ("top-1 with its 95 % Wilson interval; `vs base`: `n.s.` = the interval overlaps the base's (the test "
           "split is too small to tell them apart). Latency: p50 per batch with its interquartile range. `×`: "
           "speed-up against the base timed in the same shuffled rounds, median of per-round ratios with its "
-          "95 % CI.")
+          "95 % CI; `×/theor.`: that speed-up over the MAC count's, with the same CI scaled.")
+
+
+def report_tables(runs: Sequence[Run], rows: Sequence[Row]) -> list[Table]:
+    """Every table of the human summary, in reading order."""
+    return [*summary_tables(rows), *runtime_tables(rows), *devices_tables(runs, rows)]
+
+
+TEXT_WIDTH = 110  # prose lines of the summary: a terminal's 120 columns and a code host's page both hold them
+
+
+def _wrap(text: str, bullet: str = "") -> str:
+    return textwrap.fill(text, TEXT_WIDTH, initial_indent=bullet, subsequent_indent=" " * len(bullet),
+                         break_on_hyphens=False)
 
 
 def render_text(runs: Sequence[Run], rows: Sequence[Row], fmt: str = "github") -> str:
-    """The human summary: one table per group, then the devices and any accuracy or timing notes."""
+    """The human summary: the tables, each with its caption, then any accuracy or timing notes."""
     md = fmt == "github"
     parts = []
-    for table in [*summary_tables(rows), *runtime_tables(rows), devices_table(runs, rows)]:
+    for table in report_tables(runs, rows):
         parts.append(f"### {table.title}" if md else f"{table.title}:")
+        if table.caption:
+            parts.append(_wrap(table.caption))
         parts.append(table.render(fmt))
     notes = accuracy_notes(rows) + timing_notes(rows)
     if notes:
-        parts.append("\n".join(f"- {n}" if md else n for n in notes))
+        parts.append("\n".join(_wrap(n, "- " if md else "") for n in notes))
     return "\n\n".join(parts) + "\n"
 
 
@@ -531,7 +666,7 @@ def write_summaries(runs: Sequence[Run], rows: Sequence[Row], out_dir: str | os.
     """summary.md, summary.csv and summary.json in ``out_dir``."""
     out = Path(out_dir)
     sources = ", ".join(Path(run.path).name for run in runs)
-    md = f"# vggprune report\n\nFrom {sources}. {LEGEND}\n\n"
+    md = f"# vggprune report\n\n{_wrap(f'From {sources}. {LEGEND}')}\n\n"
     return [write_atomic(out / "summary.md", md + render_text(runs, rows, "github")),
             write_atomic(out / "summary.csv", render_csv(rows)),
             write_atomic(out / "summary.json", render_json(runs, rows))]
