@@ -211,7 +211,7 @@ def test_cuda_cases_fine_tune_time_in_sync_and_free_their_copies(bench, tmp_path
     json_path = tmp_path / "cuda.json"
     # a pruned model is fine-tuned after it was scored (the path a move inside inference mode breaks),
     # and each runtime's fresh copies go through the fake device
-    result = bench.runpytest_subprocess("bench", "-p", "fakecuda", *SMALL_RUN, "--rates", "0,0.5", "--scopes", "conv",
+    result = bench.runpytest_subprocess("bench", "-p", "fakecuda", *SMALL_RUN, "--rates", "0,0.5", "--scopes", "fc",
                                         "--methods", "by-hand", "--batch-sizes", "2", "--runtimes", "eager,fused",
                                         "--devices", "cuda", "--finetune-epochs", "1",
                                         f"--benchmark-json={json_path}")  # later options win
@@ -221,7 +221,7 @@ def test_cuda_cases_fine_tune_time_in_sync_and_free_their_copies(bench, tmp_path
     assert gpu["name"] == "Fake GPU" and gpu["compute_capability"] == "8.0" and gpu["memory_mb"] == 16384
     assert gpu["cudnn_allow_tf32"] is False and gpu["cuda_matmul_allow_tf32"] is False  # float32 is float32
     infos = [b["extra_info"] for b in run["benchmarks"]]
-    assert {i["case_id"] for i in infos} == {f"quick-{m}{r}-cuda-b2" for m in ("base-r0.00", "by-hand-conv-r0.50")
+    assert {i["case_id"] for i in infos} == {f"quick-{m}{r}-cuda-b2" for m in ("base-r0.00", "by-hand-fc-r0.50")
                                              for r in ("", "-fused")}
     assert all(i["device_name"] == "Fake GPU" and i["gpu_time_p50_ms"] == 1.5 for i in infos)
     assert all(i["gpu_peak_mem_mb"] == 123.0 and len(i["base_times_s"]) == 3 for i in infos)

@@ -199,7 +199,7 @@ def test_cpu_watch_counts_its_own_worker_processes_as_its_own():
     quiet, watch = _watch_while(child)
     # The child's core is this process's own CPU, not contention, whatever else the machine is doing:
     # counted as other, it would add its whole core to what the quiet window saw.
-    assert watch.own_cores is not None and watch.own_cores > 0.4
+    assert watch.own_cores is not None and watch.own_cores > 0.2  # a share of a core even when others compete
     assert watch.other_cores is not None and watch.other_cores < quiet.other_cores + 0.4
 
 

@@ -97,10 +97,10 @@ def test_an_entry_without_per_image_results_is_rebuilt_not_trusted(warm_cache, t
     root, _, case = warm_cache
     pipe = Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False)
     pipe._base = dataclasses.replace(case, model=warm_cache[1].model)  # reuse the trained base: no retraining
-    key = pipe.case_key(model_key("by-hand", "conv", 0.3))
+    key, label = pipe.cache_entry(model_key("by-hand", "conv", 0.3))
     assert key["base"]["cache_layout"] == CACHE_LAYOUT  # entries from an older layout are another file
     old_style = {"top1": 0.5, "top5": 1.0, "epochs": 1}  # what a layout-1 entry held
-    pipe.cache.store(key, pipe._case_label("by-hand", "conv", 0.3, "l2"), case.model, old_style)
+    pipe.cache.store(key, label, case.model, old_style)
     with pytest.warns(CacheWarning, match="lacks valid per-image results"):
         rebuilt = pipe.case(model_key("by-hand", "conv", 0.3))
     assert not rebuilt.from_cache and len(rebuilt.correct) == 360 and rebuilt.correct_before_finetune
