@@ -78,13 +78,14 @@ class TimedForward:
         self._events.append((start, end))
         return out
 
-    def untimed(self) -> Any:
-        """One call as the timed ones run (inference mode, the same allocator regime), with no CUDA
-        events: a fresh copy's first call, which takes its page faults. On CUDA it ends synchronised,
+    def untimed(self, calls: int = 1) -> Any:
+        """``calls`` forwards as the timed ones run (inference mode, the same allocator regime), with no
+        CUDA events: a fresh copy's first calls, which take its page faults. On CUDA it ends synchronised,
         so no work of it is still in flight when the next timed call starts its clock."""
         heap = not self.cuda and _heap_forward(self.fn)
         with torch.inference_mode(), heap_only() if heap else contextlib.nullcontext():
-            out = self.fn(self.batch)
+            for _ in range(calls):
+                out = self.fn(self.batch)
         if self.cuda:
             torch.cuda.synchronize()
         return out
