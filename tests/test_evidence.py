@@ -36,7 +36,7 @@ def test_rounds_follow_the_spread_for_the_wanted_half_width():
     assert rounds_for(0.1, pair_s=1e-3, budget_s=10.0) == 70
     assert rounds_for(0.0, pair_s=1e-3, budget_s=10.0) == MIN_ROUNDS  # no spread: the floor
     assert rounds_for(5.0, pair_s=1e-3, budget_s=1e9) == MAX_ROUNDS  # huge spread: the ceiling
-    assert rounds_for(0.1, pair_s=4e-3, budget_s=0.1) == 25  # the budget allows 25 pairs of 4 ms
+    assert rounds_for(0.1, pair_s=1e-3, budget_s=0.045) == 45  # the budget allows 45 pairs of 1 ms
     assert rounds_for(0.1, pair_s=1.0, budget_s=2.0) == MIN_ROUNDS  # a slow model still gets the floor
     assert all(rounds_for(sd, 1e-3, 1.0) % BLOCKS == 0 for sd in (0.01, 0.05, 0.2))
 
@@ -45,8 +45,8 @@ def test_a_fast_forward_gets_loops_and_a_quiet_pilot_the_floor():
     clock = FakeClock()
     base, case = _forward(clock, [0.4] * 10_000), _forward(clock, [0.2] * 10_000)
     evidence = size_evidence(base, case, warmup=3, budget_s=10.0, clock=clock)
-    # the faster side (0.2 ms) needs ceil(2 ms / 0.2 ms) = 10 forwards for a 2 ms round
-    assert evidence.loops == math.ceil(ROUND_TARGET_S / 0.2e-3) == 10 == base.loops == case.loops
+    # the faster side (0.2 ms) needs ceil(4 ms / 0.2 ms) = 20 forwards for a 4 ms round
+    assert evidence.loops == math.ceil(ROUND_TARGET_S / 0.2e-3) == 20 == base.loops == case.loops
     assert evidence.pilot_sd == 0.0 and evidence.rounds == MIN_ROUNDS
     # what is timed afterwards is per batch, whatever the loops
     paired = PairedRounds(base, warmup=0, clock=clock)

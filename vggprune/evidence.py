@@ -26,11 +26,11 @@ import numpy as np
 
 from vggprune.latency import BLOCKS, PairedRounds, TimedForward, measure
 
-ROUND_TARGET_S = 0.008  # rounds this long keep round-to-round noise under 10 % where 2 ms rounds did not
+ROUND_TARGET_S = 0.004  # rounds this long sit well above timer and scheduler jitter (0.2-0.8 ms forwards)
 MAX_LOOPS = 1000
 PILOT_ROUNDS = 6
 PRECISION = 0.03  # wanted half-width of the within-run 95 % speed-up interval, as a fraction
-MIN_ROUNDS = 2 * BLOCKS  # two rounds per block of fresh copies
+MIN_ROUNDS = 6 * BLOCKS  # what a compare needs to see a 25 % change at batch 64 (10 rounds missed a third)
 MAX_ROUNDS = 40 * BLOCKS
 # The within-run interval is about z * 1.2533 * sd / sqrt(n) wide on each side: the median's standard
 # error is 1.2533 times the mean's for a normal sample.

@@ -170,7 +170,7 @@ PROFILES: dict[str, Profile] = {
     # Offline, minutes on a laptop CPU: real handwritten digits, the small VGG11 from scratch.
     "quick": Profile(
         name="quick", dataset="digits", model="small", num_classes=10, image_size=32,
-        scopes=("fc", "conv"), batch_sizes=(1, 64), latency_rounds=30, latency_warmup=5, latency_budget_s=0.25,
+        scopes=("fc", "conv"), batch_sizes=(1, 64), latency_rounds=30, latency_warmup=5, latency_budget_s=0.35,
         base_epochs=20, finetune_epochs=3, lr=0.05, finetune_lr=0.01, train_batch_size=64,
         eval_batch_size=256, schedule="onecycle", augment="crop",
     ),
