@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_JSON ?= reports/run.json
 BENCH_ARGS ?=
 
-.PHONY: bench test lint report clean-cache
+.PHONY: bench test test-slow lint report clean-cache
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ bench: $(STAMP)
 	$(BIN)/pytest bench/ --benchmark-json=$(RUN_JSON) $(BENCH_ARGS)
 	$(BIN)/vggprune report $(RUN_JSON) --out reports/
 
+# The unit and harness tests, under 5 minutes; test-slow runs the rest (the seed model, own-data learning
+# runs, caches that cannot be written), which CI runs too.
 test: $(STAMP)
-	$(BIN)/pytest tests/
+	$(BIN)/pytest tests/ -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/pytest tests/ -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check vggprune bench tests conftest.py

@@ -197,8 +197,14 @@ def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
     return max(counts), between
 
 
+@pytest.fixture(scope="module")
+def trained_cache(tmp_path_factory):
+    """One checkpoint cache for the copy-count cases: the tiny base and its pruned case train once."""
+    return tmp_path_factory.mktemp("copies-cache")
+
+
 @pytest.mark.parametrize("runtime", ["eager", "fused"])
-def test_a_case_holds_at_most_two_generations_of_its_pair_and_frees_them_when_it_ends(runtime, tmp_path):
+def test_a_case_holds_at_most_two_generations_of_its_pair_and_frees_them_when_it_ends(runtime, trained_cache):
     """Each block of rounds swaps in fresh copies; earlier ones must not pile up (5 blocks once held
     10 copies of a 532 MB model at once), and nothing a case made may outlive it."""
     import dataclasses
@@ -211,7 +217,7 @@ def test_a_case_holds_at_most_two_generations_of_its_pair_and_frees_them_when_it
     settings = resolve_settings({"devices": "cpu", "threads": "1", "latency_rounds": "10"}, False)
     settings = dataclasses.replace(settings, thresholds_file=bench / "thresholds.json",
                                    expected_params_file=bench / "expected_params.json")
-    harness = Harness(settings, pipeline=Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False))
+    harness = Harness(settings, pipeline=Pipeline(tiny_profile(), cache_dir=trained_cache, progress=False))
     for key in (BASE, model_key("by-hand", "conv", 0.5)):
         harness.prepared(key)  # the base and the pruned model, as trained, stay on CPU
         trained = _live_vgg_copies()

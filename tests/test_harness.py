@@ -330,6 +330,7 @@ def run_on_an_unwritable_cache(bench, cache: Path, tmp_path: Path, monkeypatch) 
     return line
 
 
+@pytest.mark.slow  # trains a base of its own: no cache can be written
 def test_a_cache_dir_that_is_a_file_is_one_warning_and_every_case_passes(bench, tmp_path, monkeypatch):
     blocker = tmp_path / "cache"
     blocker.write_text("not a directory")
@@ -337,6 +338,7 @@ def test_a_cache_dir_that_is_a_file_is_one_warning_and_every_case_passes(bench, 
     assert f"cannot write cache file {blocker}" in line and "(not a directory)" in line
 
 
+@pytest.mark.slow  # trains a base of its own: no cache can be written
 def test_a_cache_on_a_full_disk_is_one_warning_and_leaves_no_partial_file(bench, full_disk, tmp_path, monkeypatch):
     line = run_on_an_unwritable_cache(bench, full_disk, tmp_path, monkeypatch)
     assert f"cannot write cache file {full_disk}" in line and "(no space left on device)" in line
