@@ -12,7 +12,7 @@ import torch
 
 from vggprune.harness import Harness
 from vggprune.latency import steady_allocator
-from vggprune.machine import cpu_model, device_name, gpu_provenance, library_versions, strict_fp32
+from vggprune.machine import cpu_model, device_name, gpu_provenance, run_versions, strict_fp32
 
 HERE = Path(__file__).resolve().parent
 # The committed gate files; the library never locates them itself (--thresholds/--expected-params override).
@@ -103,7 +103,7 @@ def harness(request: pytest.FixtureRequest):
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     settings = config._vggprune_settings
     machine_info["vggprune"] = {
-        **library_versions(),
+        **run_versions(),
         "threads": torch.get_num_threads(),
         # a CPU case's rounds came from this many processes, one block each (1: this one, in 5 blocks)
         "timing_processes": settings.processes,

@@ -59,11 +59,7 @@ class TimedForward:
 
     def __call__(self) -> Any:
         if not self.cuda:
-            heap = _heap_forward(self.fn)
-            with torch.inference_mode(), heap_only() if heap else contextlib.nullcontext():
-                for _ in range(self.loops):
-                    out = self.fn(self.batch)
-            return out
+            return self.untimed(calls=self.loops)  # on the CPU the clock around the call is the timing
         # Events go on the stream the work runs on: a runtime with a stream of its own (ONNX Runtime)
         # would otherwise be timed by events on an idle stream, i.e. host time.
         stream = getattr(self.fn, "stream", None) or torch.cuda.current_stream()
@@ -267,28 +263,10 @@ def _machine_busy_s() -> float | None:
 
 def _descendants_cpu_s() -> float:
     """CPU seconds of this process's live descendants (timing workers, multiprocessing's helpers)."""
-    ticks, parent = {}, {}
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return 0.0  # not Linux: nothing to add
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
-        except OSError:
-            continue  # exited meanwhile
-        parent[pid] = int(fields[1])
-        ticks[pid] = sum(int(v) for v in fields[11:15])  # utime, stime, and of its reaped children
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0, list(children.get(os.getpid(), []))
-    while todo:
-        pid = todo.pop()
-        total += ticks[pid]
-        todo += children.get(pid, [])
-    return total / os.sysconf("SC_CLK_TCK")
+    from vggprune.machine import descendants, process_table
+
+    table = process_table()
+    return sum(table[pid][1] for pid in descendants(table)) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_s() -> float:

@@ -25,8 +25,8 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def library_versions() -> dict[str, str]:
-    """The versions a run's numbers depend on, for ``machine_info``."""
+def run_versions() -> dict[str, str]:
+    """The versions a run's numbers depend on, for ``machine_info`` (the cache key has its own list)."""
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -122,25 +122,33 @@ def _status_kb(pid: int | str, field: str) -> int | None:
     return None
 
 
-def _descendants() -> list[int]:
-    """This process's live descendants (timing workers)."""
-    parent: dict[int, int] = {}
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU ticks of it and its reaped children) for every live process; empty off Linux."""
+    table: dict[int, tuple[int, int]] = {}
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return []
+        return table
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                parent[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    out, todo = [], [os.getpid()]
+                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except OSError:
+            continue  # exited meanwhile
+        table[pid] = (int(fields[1]), sum(int(v) for v in fields[11:15]))  # utime, stime, reaped children's
+    return table
+
+
+def descendants(table: dict[int, tuple[int, int]] | None = None) -> list[int]:
+    """This process's live descendants (timing workers, multiprocessing's helpers)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in (process_table() if table is None else table).items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], list(children.get(os.getpid(), []))
     while todo:
         pid = todo.pop()
-        kids = [p for p, pp in parent.items() if pp == pid]
-        out += kids
-        todo += kids
+        out.append(pid)
+        todo += children.get(pid, [])
     return out
 
 
@@ -156,7 +164,7 @@ class PeakMemory:
         self.cuda = cuda
 
     def reset(self) -> None:
-        for pid in ("self", *_descendants()):
+        for pid in ("self", *descendants()):
             try:
                 with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
                     f.write("5")
@@ -169,7 +177,7 @@ class PeakMemory:
         own = _status_kb("self", "VmHWM")
         if own is None:
             return None
-        return round((own + sum(_status_kb(p, "VmHWM") or 0 for p in _descendants())) / 1024, 1)
+        return round((own + sum(_status_kb(p, "VmHWM") or 0 for p in descendants())) / 1024, 1)
 
     def gpu_mb(self) -> float | None:
         return round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.cuda else None

@@ -155,6 +155,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def state_bytes(model: torch.nn.Module) -> int:
+    """What the model's state_dict holds, in bytes: the size of a runtime that ships the checkpoint."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def dir_size(files: list[Path]) -> int:
     return sum(f.stat().st_size for f in files)
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from vggprune.cache import published_dir
 from vggprune.latency import MEMORY_FORMATS
-from vggprune.runtimes_base import Runner, Runtime, dir_size, model_fingerprint
+from vggprune.runtimes_base import Runner, Runtime, dir_size, model_fingerprint, state_bytes
 
 STATE_FILE = "model.pt"
 RECOMPILE_LIMIT = 64
@@ -71,7 +71,7 @@ class _TorchRuntime(Runtime):
             size = dir_size(files)
         else:  # ships the checkpoint the pipeline cached: its size is the state_dict's tensors
             files, reused = [], True
-            size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            size = state_bytes(model)
         if module is model:  # a separate copy for the device, so the caller's CPU model stays as it was
             module = copy.deepcopy(model)
         module = module.to(device=device, memory_format=MEMORY_FORMATS[memory_format]).eval()

@@ -23,7 +23,7 @@ from vggprune.identity import BASE, Case, ModelKey
 from vggprune.latency import make_batch
 from vggprune.limits import available_memory, inference_bytes_per_image
 from vggprune.models import VGG11_CFG
-from vggprune.runtimes_base import Runner, Runtime, model_fingerprint
+from vggprune.runtimes_base import Runner, Runtime, model_fingerprint, state_bytes
 
 # Every timed copy any store made and that is still alive somewhere (a test counts them).
 LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -58,7 +58,7 @@ class PreparedModel:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        return state_bytes(self.model)
 
 
 class ModelStore:
