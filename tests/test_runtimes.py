@@ -346,3 +346,32 @@ def test_fingerprint_is_remembered_until_the_weights_change(monkeypatch):
     changed = model_fingerprint(model)
     assert changed != first and len(hashed) == 3
     assert model_fingerprint(copy.deepcopy(model)) == changed  # the same as hashing it from scratch
+
+
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as maps:
+        spans = (line.split()[0].split("-") for line in maps)
+        return any(int(lo, 16) <= address < int(hi, 16) for lo, hi in spans)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_openvino_sessions_freed_in_any_order_leave_the_signal_stack_as_it_was(tmp_path, models):
+    """A stale signal stack turns the next SIGCHLD (an image loader's worker exiting) into a SIGSEGV."""
+    import faulthandler
+    import gc
+
+    from vggprune.runtimes_onnx import signal_stack
+
+    _need("openvino")
+    faulthandler.enable()  # as pytest and most debuggers run: a real stack to keep
+    before = signal_stack()
+    x = _batches()[0]
+    first = get_runtime("openvino").prepare(models["base"], "cpu", "contiguous", x, tmp_path / "a")
+    second = get_runtime("openvino").prepare(models["conv0.5"], "cpu", "contiguous", x, tmp_path / "b")
+    first(x[:1]), second(x[:2])  # a new batch shape compiles again
+    assert signal_stack() == before
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert signal_stack() == before and (before[0] == 0 or _mapped(before[0]))

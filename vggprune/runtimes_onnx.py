@@ -14,6 +14,8 @@ harness's fixed thread count, so runtimes are compared on the same cores.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import sys
 from pathlib import Path
 
@@ -78,6 +80,47 @@ def export_onnx(model: torch.nn.Module, example_batch: torch.Tensor, artifact_di
     final, reused = published_dir(artifact_dir / "onnx", meta, build)
     files = sorted(p for p in final.iterdir() if p.name.startswith(ONNX_FILE))
     return files, reused
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def signal_stack() -> tuple[int, int, int] | None:
+    """The calling thread's alternate signal stack (address, flags, size); None where libc has none."""
+    libc = _libc()
+    if libc is None:
+        return None
+    st = _StackT()
+    libc.sigaltstack(None, ctypes.byref(st))
+    return st.ss_sp or 0, st.ss_flags, st.ss_size
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "sigaltstack") else None
+    except OSError:  # no C library to ask (Windows)
+        return None
+
+
+@contextlib.contextmanager
+def keep_signal_stack():
+    """Put back the thread's alternate signal stack once the block is done.
+
+    OpenVINO's CPU plugin installs a signal stack of its own when it compiles, and restores the one it
+    saw when it unloads; with sessions freed in any order but last-made-first, that is a stack already
+    unmapped, and the next signal with a Python handler (a DataLoader worker's SIGCHLD) kills the
+    process with SIGSEGV. Restored after every compile, the stack every session saves is the original.
+    """
+    libc, saved = _libc(), _StackT()
+    if libc is not None:
+        libc.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def _to_numpy(batch: torch.Tensor):
@@ -216,8 +259,9 @@ class OpenVINORuntime(Runtime):
         import openvino
 
         files, reused = export_onnx(model, example_batch, artifact_dir)
-        core = openvino.Core()
-        graph = core.read_model(str(files[0]))  # held in memory: later batch sizes need no files
+        with keep_signal_stack():
+            core = openvino.Core()
+            graph = core.read_model(str(files[0]))  # held in memory: later batch sizes need no files
         compiled: dict[tuple[int, ...], object] = {}
         config = self.config()
 
@@ -226,7 +270,8 @@ class OpenVINORuntime(Runtime):
             if shape not in compiled:
                 static = graph.clone()
                 static.reshape({INPUT: list(shape)})
-                compiled[shape] = core.compile_model(static, "CPU", config)
+                with keep_signal_stack():
+                    compiled[shape] = core.compile_model(static, "CPU", config)
             # Inputs shared (no copy), outputs copied out of the request's buffer (share_outputs=False).
             return torch.from_numpy(compiled[shape](_to_numpy(batch), share_inputs=True, share_outputs=False)[0])
 
