@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from vggprune.harness import Harness
-from vggprune.latency import steady_allocator
 from vggprune.machine import cpu_model, device_name, gpu_provenance, run_versions, strict_fp32
+from vggprune.timing.allocator import steady_allocator
 
 HERE = Path(__file__).resolve().parent
 # The committed gate files; the library never locates them itself (--thresholds/--expected-params override).

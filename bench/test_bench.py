@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from vggprune.latency import CpuWatch
+from vggprune.timing.watch import CpuWatch
 
 
 def test_accuracy(harness, model_key):

@@ -9,9 +9,9 @@ import pytest
 from tests.arith import ARCH, pruned_widths
 from tests.test_checkpoint_cli import run_cli
 from vggprune import prune
-from vggprune.breakdown import OTHER, breakdown, ceiling, onnx_parts, part_work
 from vggprune.counting import count_params_macs
 from vggprune.runtimes import get_runtime
+from vggprune.timing.breakdown import OTHER, breakdown, ceiling, onnx_parts, part_work
 
 SMALL_PARTS = ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "pool3", "conv5", "conv6", "pool4",
                "conv7", "conv8", "pool5", "avgpool", "fc1", "fc2", "fc3", OTHER]

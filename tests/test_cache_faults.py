@@ -33,7 +33,7 @@ def cache_warnings(record) -> list[str]:
 def exported(tmp_path_factory, small_model) -> Path:
     """One real ONNX export of the small model, copied by each test before it damages it."""
     pytest.importorskip("onnxruntime")
-    from vggprune.runtimes_onnx import export_onnx
+    from vggprune.runtimes.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("export")
     export_onnx(small_model, BATCH, root)
@@ -66,7 +66,7 @@ def garble_meta(d: Path) -> tuple[Path, str]:
 def test_a_damaged_export_is_one_warning_and_rebuilt(tmp_path, exported, small_model, damage):
     import onnxruntime
 
-    from vggprune.runtimes_onnx import export_onnx
+    from vggprune.runtimes.onnx import export_onnx
 
     shutil.copytree(exported, tmp_path / "onnx")
     bad, why = damage(tmp_path / "onnx")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from vggprune.cli import main
-from vggprune.compare import Tolerances, compare_files, summary_counts
 from vggprune.errors import UserError
-from vggprune.latency import summarize
-from vggprune.results import load_run
+from vggprune.results.compare import Tolerances, compare_files, summary_counts
+from vggprune.results.record import load_run
+from vggprune.results.summary import summarize
 from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -201,8 +201,8 @@ def test_a_shifted_a_a_check_is_reported_but_does_not_fail(tmp_path, capsys):
 
 
 def test_files_that_recorded_no_run_spread_get_the_default(tmp_path):
-    from vggprune.compare import _run_spread
     from vggprune.limits import RUN_SPREAD
+    from vggprune.results.compare import _run_spread
 
     old = load_run(CPU).cases[0]  # schema 2: nothing recorded
     assert old.run_spread is None
@@ -391,11 +391,11 @@ def test_json_output_lists_verdicts(tmp_path, capsys):
 
 
 def test_an_unexpected_error_never_exits_with_the_regression_code(monkeypatch, capsys):
-    import vggprune.compare
+    import vggprune.results.compare
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(vggprune.compare, "compare_files", boom)
+    monkeypatch.setattr(vggprune.results.compare, "compare_files", boom)
     code, out, err = run(capsys, CPU, CPU)
     assert code == 3 and out == "" and err.count("\n") == 1 and "internal error: ZeroDivisionError: a bug" in err

@@ -44,7 +44,7 @@ def test_a_checkpoint_saved_from_gpu_tensors_loads_on_cpu(tmp_path):
 
 
 def test_events_and_sync_time_the_kernels():
-    from vggprune.latency import TimedForward, make_batch, measure
+    from vggprune.timing.pairing import TimedForward, make_batch, measure
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU()).cuda().eval()
     forward = TimedForward(model, make_batch(32, 224, "cuda"))
@@ -59,8 +59,8 @@ def test_events_and_sync_time_the_kernels():
 def test_every_runtime_on_cuda_matches_eager_on_the_same_device(runtime, tmp_path):
     from tests.conftest import randomize_
     from vggprune import build_vgg11
-    from vggprune.latency import make_batch
     from vggprune.runtimes import get_runtime, verify
+    from vggprune.timing.pairing import make_batch
 
     rt = get_runtime(runtime)
     reason = rt.unavailable("cuda")

@@ -89,13 +89,13 @@ def test_fp32_means_fp32_on_cuda_and_is_recorded(monkeypatch):
 
 
 def test_onnxruntime_cuda_runs_strict_fp32_on_a_real_stream():
-    from vggprune.runtimes_onnx import OnnxRuntimeRuntime
+    from vggprune.runtimes.onnx import OrtRuntime
 
     fake = FakeCuda()
     with pytest.MonkeyPatch.context() as mp:
         fake.install(mp.setattr)
-        (name, options), fallback = OnnxRuntimeRuntime.providers("cuda", stream=0x7F42)
-        (_, on_default), _ = OnnxRuntimeRuntime.providers("cuda", stream=fake.default.cuda_stream)
+        (name, options), fallback = OrtRuntime.providers("cuda", stream=0x7F42)
+        (_, on_default), _ = OrtRuntime.providers("cuda", stream=fake.default.cuda_stream)
     assert name == "CUDAExecutionProvider" and fallback == "CPUExecutionProvider"
     assert options["use_tf32"] == "0"  # ORT's CUDA provider defaults to TF32 as cuDNN does
     assert options["user_compute_stream"] == str(0x7F42) and options["has_user_compute_stream"] == "1"
@@ -107,8 +107,8 @@ def test_onnxruntime_session_on_cuda_gets_its_own_stream_and_refuses_a_cpu_fallb
     pytest.importorskip("onnxruntime")
     import onnxruntime
 
-    from vggprune.latency import make_batch
-    from vggprune.runtimes_onnx import OnnxRuntimeRuntime, export_onnx
+    from vggprune.runtimes.onnx import OrtRuntime, export_onnx
+    from vggprune.timing.pairing import make_batch
 
     export_onnx(small_model, make_batch(1, 32, "cpu"), tmp_path)  # before the fake: torch.export asks torch.cuda
     FakeCuda().install(monkeypatch.setattr)
@@ -126,14 +126,14 @@ def test_onnxruntime_session_on_cuda_gets_its_own_stream_and_refuses_a_cpu_fallb
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
     with pytest.raises(UserError, match="instead of CUDAExecutionProvider"):
-        OnnxRuntimeRuntime()._prepare(small_model, "cuda", "contiguous", make_batch(1, 32, "cpu"), tmp_path)
+        OrtRuntime()._prepare(small_model, "cuda", "contiguous", make_batch(1, 32, "cpu"), tmp_path)
     ((_, options), _), = made
     assert int(options["user_compute_stream"]) != 0
 
 
 def test_every_runtimes_first_call_ends_synchronised(monkeypatch):
     """Runtime.prepare runs the new runner once: on CUDA its kernels must be done when prepare returns."""
-    from vggprune.runtimes_base import Runner, Runtime
+    from vggprune.runtimes.base import Runner, Runtime
 
     cuda = FakeCuda().install(monkeypatch.setattr)
 
@@ -169,7 +169,7 @@ def _live_vgg_copies() -> int:
 def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
     """Time ``case`` (10 rounds in 5 blocks): the most VGG11 copies alive at once beyond those alive before,
     counted after every copy the store makes, and the count between blocks."""
-    from vggprune.latency import measure
+    from vggprune.timing.pairing import measure
 
     before = _live_vgg_copies()
     counts, make, between = [], harness.store.make, []
@@ -180,7 +180,7 @@ def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
         return made
 
     harness.store.make = counted_make
-    from vggprune.evidence import Evidence
+    from vggprune.timing.evidence import Evidence
 
     base, forward = harness.forwards(case)
     paired = harness.pairing(case, base, forward, Evidence(loops=1, rounds=10, pilot_sd=None))

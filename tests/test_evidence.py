@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from vggprune.evidence import MAX_ROUNDS, MIN_ROUNDS, PILOT_ROUNDS, ROUND_TARGET_S, rounds_for, size_evidence
-from vggprune.latency import BLOCKS, PairedRounds, TimedForward, measure
+from vggprune.timing.evidence import MAX_ROUNDS, MIN_ROUNDS, PILOT_ROUNDS, ROUND_TARGET_S, rounds_for, size_evidence
+from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, measure
 
 
 class FakeClock:

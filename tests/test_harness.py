@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.arith import expected_params
-from vggprune.results import SCHEMA
+from vggprune.results.record import SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 # A small but complete quick run: base + one pruned rate, both methods, two batch sizes.
@@ -155,8 +155,8 @@ def test_seed_profile_without_data_times_but_skips_accuracy_with_how_to(bench, t
 FAKE_CUDA_PLUGIN = '''
 import gc, json, os
 import torch
-import vggprune.latency as latency
-import vggprune.runtimes_base as runtimes_base
+import vggprune.timing.pairing as latency
+import vggprune.runtimes.base as runtimes_base
 import vggprune.pipeline as pipeline
 from vggprune.models import VGG11
 from tests.fake_cuda import FakeCuda

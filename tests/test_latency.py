@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from tests.fake_cuda import FakeCuda, FakeStream
-from vggprune.latency import (
-    CpuWatch,
-    PairedRounds,
-    make_batch,
-    measure,
-    prepare_for_inference,
-    summarize,
-    timed_callable,
-)
+from vggprune.results.summary import summarize
 from vggprune.stats import block_ids
+from vggprune.timing.pairing import PairedRounds, make_batch, measure, prepare_for_inference, timed_callable
+from vggprune.timing.watch import CpuWatch
 
 
 def _on_device(cuda: FakeCuda, model: torch.nn.Module, batch: torch.Tensor):
@@ -243,7 +237,7 @@ def test_paired_rounds_run_each_block_on_fresh_models():
 
 _FAULTS = """
 import resource, sys, torch
-from vggprune.latency import heap_only, steady_allocator
+from vggprune.timing.allocator import heap_only, steady_allocator
 assert steady_allocator()
 
 def faults(rounds, inside, mb):
@@ -279,7 +273,7 @@ def test_heap_only_reuses_large_blocks_instead_of_faulting_them_in_again():
 
 
 def test_heap_only_turns_mmap_back_on_even_when_the_forward_fails(monkeypatch):
-    import vggprune.latency as latency
+    import vggprune.timing.allocator as latency
 
     calls = []
     monkeypatch.setattr(latency, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
@@ -297,7 +291,7 @@ def test_heap_only_turns_mmap_back_on_even_when_the_forward_fails(monkeypatch):
     (lambda x: x, False),  # any other callable: a runtime with its own memory planning
 ])
 def test_only_pytorch_forwards_are_timed_heap_only(monkeypatch, fn, heap):
-    import vggprune.latency as latency
+    import vggprune.timing.allocator as latency
 
     calls = []
     monkeypatch.setattr(latency, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)

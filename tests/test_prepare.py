@@ -20,7 +20,7 @@ import torch
 from vggprune.checkpoint import load_model
 from vggprune.cli import build_parser, main
 from vggprune.options import HARNESS, OPTIONS, PREPARE, read_options
-from vggprune.runtimes_base import model_fingerprint
+from vggprune.runtimes.base import model_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 # A quick-profile subset: the base and two pruned models, trained for a few epochs only.

@@ -249,7 +249,8 @@ def test_deferred_signals_restore_the_previous_handlers():
 
 
 def test_cli_sigterm_exits_130_saying_interrupted(monkeypatch, capsys):
-    from vggprune import cli, cli_prune
+    from vggprune import cli
+    from vggprune.cli import prune as cli_prune
 
     def killed(args):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -18,8 +18,8 @@ import pytest
 from vggprune.atomic import write_atomic
 from vggprune.cli import main
 from vggprune.errors import UserError
-from vggprune.latency import summarize
-from vggprune.report import (
+from vggprune.results.record import ADDED, SCHEMA
+from vggprune.results.report import (
     BASE_CELLS,
     BASE_UNLEARNED,
     CSV_FIELDS,
@@ -33,7 +33,7 @@ from vggprune.report import (
     summary_tables,
     with_interval,
 )
-from vggprune.results import ADDED, SCHEMA
+from vggprune.results.summary import summarize
 from vggprune.stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,7 +13,6 @@ from vggprune.data import load_data
 from vggprune.errors import UserError
 from vggprune.train import (
     DivergedError,
-    cpu_kernel_identity,
     evaluate,
     evaluate_images,
     fit,
@@ -209,12 +208,7 @@ def test_imagenet_unavailable_falls_back_to_a_seeded_random_init(tmp_path, monke
     assert resolve_init("small").note == ""  # never tried for the small model
 
 
-def test_cpu_kernel_identity_reports_the_switches_that_change_training(monkeypatch):
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    monkeypatch.delenv("MKL_CBWR", raising=False)
-    ident = cpu_kernel_identity()
-    assert ident["ONEDNN_MAX_CPU_ISA"] == "AVX2" and ident["MKL_CBWR"] is None
-    assert ident["threads"] == torch.get_num_threads() and ident["aten_cpu_capability"]
+def test_pinned_kernel_env_caps_every_library_to_one_instruction_set():
     assert pinned_kernel_env() == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 

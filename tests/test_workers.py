@@ -8,7 +8,7 @@ import torch
 
 from vggprune.models import build_vgg11
 from vggprune.stats import block_ids
-from vggprune.workers import Block, Workers, model_bytes, split_rounds, time_block
+from vggprune.timing.workers import Block, Workers, model_bytes, split_rounds, time_block
 
 
 def test_rounds_split_into_the_blocks_the_statistics_will_see():
@@ -45,7 +45,7 @@ def test_workers_are_other_processes_and_time_each_block_in_turn():
 
 
 def test_fresh_copies_take_turns_being_made_first():
-    from vggprune.workers import in_turn
+    from vggprune.timing.workers import in_turn
 
     calls = []
 

@@ -1,5 +1,5 @@
 """What the benchmark harness does per case, without pytest: gate the model, pair it with its base for
-timing, and turn the measurements into a :class:`~vggprune.results.CaseRecord`.
+timing, and turn the measurements into a :class:`~vggprune.results.record.CaseRecord`.
 
 bench/conftest.py and bench/test_bench.py are thin wrappers around this. Models and every copy made to
 time them belong to a :class:`~vggprune.store.ModelStore`; a case ends with :meth:`Harness.end_case`,
@@ -12,17 +12,19 @@ import zlib
 
 import torch
 
-from vggprune.evidence import Evidence, size_evidence
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_learned, check_params, check_pruning_cost
 from vggprune.identity import Case, ModelKey
-from vggprune.latency import BLOCKS, CpuWatch, PairedRounds, TimedForward, make_batch, summarize
 from vggprune.machine import PeakMemory, cpu_model, device_name
-from vggprune.results import SCHEMA, CaseRecord
+from vggprune.results.record import SCHEMA, CaseRecord
+from vggprune.results.summary import summarize
 from vggprune.runtimes import get_runtime, reference_logits, verify
 from vggprune.settings import RunSettings
 from vggprune.stats import correct_interval
 from vggprune.store import ModelStore, PreparedModel
-from vggprune.workers import Block, Workers, in_turn, model_bytes, split_rounds, timed_pair
+from vggprune.timing.evidence import Evidence, size_evidence
+from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, make_batch
+from vggprune.timing.watch import CpuWatch
+from vggprune.timing.workers import Block, Workers, in_turn, model_bytes, split_rounds, timed_pair
 
 
 def _ci(correct: str | None) -> list[float] | None:
@@ -132,7 +134,7 @@ class Harness:
 
     def evidence(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> Evidence:
         """Warm the pair up and size the case's evidence: loops per round, and rounds from a pilot
-        (or ``--latency-rounds`` as given); see vggprune.evidence."""
+        (or ``--latency-rounds`` as given); see vggprune.timing.evidence."""
         return size_evidence(base_forward, case_forward, warmup=self.profile.latency_warmup,
                              budget_s=self.profile.latency_budget_s, fixed_rounds=self.settings.fixed_rounds,
                              seed=self._seed(case))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 BASE_METHOD = "base"
 DEFAULT_RUNTIME = "eager"
+# Every runtime the registry (vggprune.runtimes) knows, in the order tables list them.
+RUNTIME_ORDER: tuple[str, ...] = (DEFAULT_RUNTIME, "fused", "onnxruntime", "openvino", "compile")
 # The identity fields of a case record, in the order a reader scans a sweep.
 KEY_FIELDS: tuple[str, ...] = (
     "profile", "model", "method", "scope", "criterion", "round_to", "rate", "runtime", "device", "batch_size",
@@ -86,9 +88,3 @@ class Case:
         model = ModelKey(f["method"], f["scope"], float(f["rate"]), f["criterion"], int(f["round_to"]))
         return cls(f["profile"], model, f["device"], int(f["batch_size"]), f.get("runtime", DEFAULT_RUNTIME),
                    f.get("model", ""))
-
-    def on(self, **changes) -> Case:
-        """The same case with some axes changed, e.g. ``case.on(device="cpu")`` or ``case.on(model=BASE)``."""
-        from dataclasses import replace
-
-        return replace(self, **changes)

@@ -17,7 +17,7 @@ MAX_EPOCHS = 10_000
 MAX_ROUNDS = 100_000
 MAX_BATCH = 65_536
 # 1: every round in the pytest process (5 blocks on fresh copies). N > 1: that process plus N - 1 timing
-# workers (vggprune.workers), one block each; about +28 s on a warm quick-profile run with 5 (each worker
+# workers (vggprune.timing.workers), one block each; about +28 s on a warm quick-profile run with 5 (each worker
 # JIT-compiles oneDNN kernels for every new model), so it is opt-in.
 TIMING_PROCESSES = 1
 MAX_PROCESSES = 32  # each worker holds torch, ONNX Runtime and OpenVINO: about 0.7 GB

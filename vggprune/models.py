@@ -124,9 +124,6 @@ class VGG11(nn.Module):
     def conv_layers(self) -> list[nn.Conv2d]:
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
 
-    def bn_layers(self) -> list[nn.BatchNorm2d]:
-        return [m for m in self.features if isinstance(m, nn.BatchNorm2d)]
-
     def fc_layers(self) -> list[nn.Linear]:
         """All Linear layers, the final classifier last."""
         return [m for m in self.classifier if isinstance(m, nn.Linear)]

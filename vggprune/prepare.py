@@ -337,8 +337,8 @@ def _exports(pipe: Pipeline, settings: RunSettings, keys: list[ModelKey], outcom
     the run's devices the runtime can run on; a runtime unavailable on all of them is skipped, as the
     harness would skip its cases.
     """
-    from vggprune.latency import make_batch
     from vggprune.runtimes import get_runtime
+    from vggprune.timing.pairing import make_batch
 
     example = make_batch(1, settings.profile.image_size, "cpu")
     skipped: dict[str, str] = {}

@@ -123,7 +123,7 @@ class SweepAxes:
     runtimes: tuple[str, ...] = ("eager", "fused", "onnxruntime", "openvino")
     latency_rounds: int = 20  # used as given only with --latency-rounds; otherwise sized per case
     latency_warmup: int = 3
-    latency_budget_s: float = 2.0  # timed forwards per case at most, when rounds are sized (vggprune.evidence)
+    latency_budget_s: float = 2.0  # timed forwards per case at most, when rounds are sized (vggprune.timing.evidence)
 
 
 _PARTS = {"base": BaseTraining, "finetune": FineTuning, "axes": SweepAxes}

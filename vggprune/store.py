@@ -20,10 +20,10 @@ import torch
 
 from vggprune.counting import count_params_macs
 from vggprune.identity import BASE, Case, ModelKey
-from vggprune.latency import make_batch
 from vggprune.limits import available_memory, inference_bytes_per_image
 from vggprune.models import VGG11_CFG
-from vggprune.runtimes_base import Runner, Runtime, model_fingerprint, state_bytes
+from vggprune.runtimes.base import Runner, Runtime, model_fingerprint, state_bytes
+from vggprune.timing.pairing import make_batch
 
 # Every timed copy any store made and that is still alive somewhere (a test counts them).
 LIVE: weakref.WeakSet = weakref.WeakSet()

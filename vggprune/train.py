@@ -43,7 +43,7 @@ class FitResult:
 
 # Environment switches that choose PyTorch's CPU kernels. Each one alone changes trained weights (and a
 # few test images) on the same machine, as does the thread count: CPU training is bit-reproducible for
-# a given machine, thread count and these settings, not across CPU types. See cpu_kernel_identity().
+# a given machine, thread count and these settings, not across CPU types.
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
 
 
@@ -56,14 +56,6 @@ def pinned_kernel_env(isa: str = "avx2") -> dict[str, str]:
     for different cache sizes; and on an AVX-512 machine they give up its faster kernels.
     """
     return {"ATEN_CPU_CAPABILITY": isa.lower(), "ONEDNN_MAX_CPU_ISA": isa.upper(), "MKL_CBWR": isa.upper()}
-
-
-def cpu_kernel_identity() -> dict[str, str | int | None]:
-    """What decides CPU training numerics besides code, data and seed: record it beside results so a
-    difference between two machines' accuracies can be attributed (or ruled out) without retraining."""
-    return {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
-            **{name: os.environ.get(name) for name in KERNEL_ENV}}
 
 
 def progress_enabled(progress: bool | None) -> bool:

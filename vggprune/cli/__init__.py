@@ -1,6 +1,6 @@
 """``vggprune`` command line: one sub-command per job, user mistakes reported on one line (exit 2).
 
-Sub-commands live beside the code they drive (``cli_prune``, ``cli_train``, ``cli_prepare``, ``cli_report``);
+Sub-commands live in this package (``prune``, ``train``, ``prepare``, ``report``);
 each module exposes ``register(subparsers)`` which adds its parsers with ``set_defaults(func=...)``.
 """
 
@@ -22,11 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vggprune import cli_prepare, cli_prune, cli_report, cli_train
+    from vggprune.cli import prepare, prune, report, train
 
     parser = _Parser(prog="vggprune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (cli_prune, cli_train, cli_prepare, cli_report):
+    for module in (prune, train, prepare, report):
         module.register(sub)
     return parser
 

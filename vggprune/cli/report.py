@@ -6,18 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from vggprune.report import FORMATS
+from vggprune.results.report import FORMATS
 
 
 def run_report(args: argparse.Namespace) -> int:
     from vggprune.atomic import check_output_dir
-    from vggprune.report import load_rows, remove_stale, render, write_summaries
+    from vggprune.results.report import load_rows, remove_stale, render, write_summaries
 
     out = check_output_dir(Path(args.out) if args.out else Path(args.runs[0]).parent, "--out")  # before work
     runs, rows = load_rows(args.runs)
     written = write_summaries(runs, rows, out)
     if not args.no_plots:
-        from vggprune.plots import write_plots
+        from vggprune.results.plots import write_plots
 
         written += write_plots(rows, out)
     stale = remove_stale(out, written)
@@ -31,7 +31,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from vggprune.compare import Tolerances, compare_files, render_comparison
+    from vggprune.results.compare import Tolerances, compare_files, render_comparison
 
     tol = Tolerances(max_accuracy_drop=args.max_accuracy_drop, latency_tolerance=args.latency_tolerance,
                      alpha=args.alpha, latency_metric=args.latency_metric, check_latency=not args.no_latency,
@@ -43,9 +43,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_calibration(args: argparse.Namespace) -> int:
-    from vggprune.calibration import coverage, render, total_coverage
     from vggprune.choices import SCOPES, check_choice
-    from vggprune.results import load_runs
+    from vggprune.results.calibration import coverage, render, total_coverage
+    from vggprune.results.record import load_runs
 
     scopes = [check_choice("scope", s.strip(), SCOPES) for s in args.scopes.split(",") if s.strip()]
     cases = coverage(load_runs(args.runs), scopes, args.batch_size)

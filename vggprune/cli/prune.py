@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from vggprune.choices import CRITERIA, METHODS, SCOPES, VARIANTS, check_choice, check_rate, parse_rates
 from vggprune.errors import UserError
+from vggprune.identity import DEFAULT_RUNTIME
 from vggprune.limits import MAX_BATCH, MAX_NUM_CLASSES, MAX_ROUND_TO, MAX_ROUNDS, MAX_SEED, int_in_range
 
 
@@ -105,16 +106,16 @@ def run_breakdown(args: argparse.Namespace) -> int:
 
     import torch
 
-    from vggprune.breakdown import RUNTIMES, breakdown, render
     from vggprune.limits import max_threads
     from vggprune.models import spec_for
     from vggprune.pruning import prune
     from vggprune.runtimes import get_runtime
     from vggprune.settings import check_inference_batch
+    from vggprune.timing.breakdown import breakdown, breakdown_runtimes, render
 
     _check_model_options(args)
     rate = check_rate(args.rate)
-    check_choice("runtime", args.runtime, RUNTIMES)
+    check_choice("runtime", args.runtime, breakdown_runtimes())
     batch_size = int_in_range("--batch-size", args.batch_size, 1, MAX_BATCH)
     rounds = int_in_range("--rounds", args.rounds, 2, MAX_ROUNDS)
     if args.threads is not None:
@@ -154,7 +155,8 @@ def register(sub) -> None:
     p = sub.add_parser("breakdown", help="time a pruned model and its base part by part (CPU): where the speed-up goes")
     _add_model_options(p)
     p.add_argument("--rate", type=float, required=True, help="fraction of units to remove, in [0, 1)")
-    p.add_argument("--runtime", default="eager", help="eager | fused | onnxruntime (default eager)")
+    p.add_argument("--runtime", default=DEFAULT_RUNTIME,
+                   help=f"one that can time its parts: eager, fused, onnxruntime (default {DEFAULT_RUNTIME})")
     p.add_argument("--batch-size", default="8", help="images per forward (default 8)")
     p.add_argument("--rounds", default="10", help="timed rounds per model, interleaved (default 10)")
     p.add_argument("--threads", default=None, help="torch and ONNX Runtime threads (default: torch's)")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vggprune.cache import is_private
-from vggprune.latency import MEMORY_FORMATS
+from vggprune.timing.pairing import MEMORY_FORMATS
 
 DEPLOY_HINT = "pip install -e '.[deploy]'"
 
@@ -59,11 +59,6 @@ class Runner:
         """``batch`` on this runner's device in the layout it takes without a copy."""
         return batch.to(self.device).contiguous(memory_format=MEMORY_FORMATS[self.input_memory_format])
 
-    def info(self) -> dict[str, Any]:
-        """JSON-ready fields for a case record."""
-        return {"runtime": self.runtime, "size_bytes": self.size_bytes, "files": [str(f) for f in self.files],
-                "files_reused": self.reused, "prepare_s": self.prepare_seconds, **self.details}
-
     def __repr__(self) -> str:
         return f"Runner({self.runtime!r}, {self.device!r}, {self.size_bytes} bytes)"
 
@@ -78,6 +73,7 @@ class Runtime:
     fresh_copies = True  # each block of rounds on new copies; False where a copy costs a compile
     in_workers = True  # may time blocks in worker processes (a compiled model would compile again in each)
     exports = True  # writes files of its own to the export cache (False: ships the cached checkpoint)
+    has_parts = False  # can time a forward part by part (:meth:`part_clock`, ``vggprune breakdown``)
 
     def unavailable(self, device: str) -> str | None:
         """None when this runtime can run on ``device`` here, else one line: why, and how to get it."""
@@ -125,6 +121,10 @@ class Runtime:
     def _prepare(self, model: torch.nn.Module, device: str, memory_format: str, example_batch: torch.Tensor,
                  artifact_dir: Path) -> Runner:
         raise NotImplementedError
+
+    def part_clock(self, model: torch.nn.Module, batch: torch.Tensor, workdir: Path):
+        """A clock that times ``model``'s forwards part by part on CPU (see vggprune.timing.breakdown)."""
+        raise NotImplementedError(f"{self.name} cannot time a forward part by part")
 
 
 # Artefacts (published and checked by vggprune.cache.published_dir) ----------------------------------------

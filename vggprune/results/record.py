@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vggprune.errors import UserError
-from vggprune.identity import BASE_METHOD, KEY_FIELDS, Case
+from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS, Case
 
 SCHEMA = 4  # bump when a field changes meaning or a required field is added
 # Fields a newer schema added, with the value that states what an older file meant. Schema 3: the
@@ -54,7 +54,7 @@ class CaseRecord:
     criterion: str
     round_to: int = _range(1)
     rate: float = _range(0, 1, open_high=True)
-    runtime: str = "eager"
+    runtime: str = DEFAULT_RUNTIME
     device: str = "cpu"
     batch_size: int = _range(1)
     # data and machine

@@ -28,7 +28,8 @@ from typing import TypeVar
 
 import torch
 
-from vggprune.latency import PairedRounds, TimedForward, make_batch, measure, steady_allocator
+from vggprune.timing.allocator import steady_allocator
+from vggprune.timing.pairing import PairedRounds, TimedForward, make_batch, measure
 
 
 def deployable(model: torch.nn.Module, runtime: str, device: str, memory_format: str, image_size: int,
@@ -100,7 +101,7 @@ class Block:
     rounds: int
     seed: int
     turn: int = 0  # which copy is made first (see in_turn)
-    loops: int = 1  # forwards per round, as the case was sized (vggprune.evidence)
+    loops: int = 1  # forwards per round, as the case was sized (vggprune.timing.evidence)
 
 
 def time_block(block: Block) -> tuple[list[float], list[float]]:

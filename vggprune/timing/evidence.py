@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vggprune.latency import BLOCKS, PairedRounds, TimedForward, measure
+from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, measure
 
 ROUND_TARGET_S = 0.004  # rounds this long sit well above timer and scheduler jitter (0.2-0.8 ms forwards)
 MAX_LOOPS = 1000

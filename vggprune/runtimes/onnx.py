@@ -24,7 +24,7 @@ import torch
 from vggprune.cache import published_dir
 from vggprune.errors import UserError
 from vggprune.machine import package_version
-from vggprune.runtimes_base import (
+from vggprune.runtimes.base import (
     DEPLOY_HINT,
     Runner,
     Runtime,
@@ -127,7 +127,7 @@ def _to_numpy(batch: torch.Tensor):
     return batch.detach().contiguous().numpy()  # NCHW, no copy when already contiguous
 
 
-class OnnxRuntimeRuntime(Runtime):
+class OrtRuntime(Runtime):
     """ONNX Runtime: CPU execution provider, CUDA provider on ``cuda`` (needs onnxruntime-gpu)."""
 
     name = "onnxruntime"
@@ -147,6 +147,15 @@ class OnnxRuntimeRuntime(Runtime):
                 return ("onnxruntime has no CUDA provider here: pip uninstall onnxruntime && "
                         "pip install onnxruntime-gpu (matching your CUDA version)")
         return None
+
+    has_parts = True
+
+    def part_clock(self, model, batch, workdir):
+        from vggprune.timing.breakdown import OnnxClock
+
+        if workdir is None:
+            raise ValueError(f"{self.name} needs a workdir for its export and profile")
+        return OnnxClock(model, batch, workdir)
 
     @staticmethod
     def session_options():

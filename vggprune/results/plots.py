@@ -25,8 +25,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from vggprune.atomic import write_atomic  # noqa: E402
-from vggprune.identity import BASE_METHOD, ModelKey  # noqa: E402
-from vggprune.report import Row, device_order  # noqa: E402
+from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, ModelKey  # noqa: E402
+from vggprune.results.report import Row, device_order  # noqa: E402
 
 _COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
             "tab:olive", "tab:cyan", "tab:gray"]
@@ -38,7 +38,7 @@ _METHOD_LOOK = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--"
 
 def _series_name(row: Row) -> str:
     name = ModelKey(row["method"], row["scope"], row["rate"], row["criterion"], row["round_to"]).series()
-    return name if row.get("runtime", "eager") == "eager" else f"{name} · {row['runtime']}"
+    return name if row.get("runtime", DEFAULT_RUNTIME) == DEFAULT_RUNTIME else f"{name} · {row['runtime']}"
 
 
 def _series(rows: Sequence[Row]) -> dict[str, list[Row]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from vggprune.errors import UserError
-from vggprune.results import CaseRecord, Run
+from vggprune.results.record import CaseRecord, Run
 
 
 @dataclass(frozen=True)

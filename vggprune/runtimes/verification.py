@@ -1,22 +1,4 @@
-"""Deployment runtimes as an axis: run one VGG11 in eager PyTorch, BN-folded, ONNX Runtime, OpenVINO
-or torch.compile, and check its outputs against eager before anything is timed.
-
-How a harness uses it::
-
-    rt = get_runtime("onnxruntime")
-    if (reason := rt.unavailable("cpu")):          # one line: why, and how to get it
-        skip(reason)
-    runner = rt.prepare(model, "cpu", "channels_last", example_batch, artifact_dir=cache / key)
-    check = verify(runner, model, test_batches)    # (x, y) batches, bare tensors, or one tensor
-    if (failure := check.failure()):
-        fail(failure)
-    batch = runner.adapt(batch)                     # device + layout the runner takes copy-free
-    logits = runner(batch)                          # the timed call (add CUDA sync around it)
-    record(runner.info(), check.as_dict())          # size on disk, files, prepare time, numbers
-
-Another runtime (TensorRT, say) is a :class:`~vggprune.runtimes_base.Runtime` subclass with
-``name``, ``unavailable`` and ``_prepare``, added to ``_RUNTIMES``.
-"""
+"""A runtime's outputs against eager PyTorch on the same batches, checked before anything is timed."""
 
 from __future__ import annotations
 
@@ -26,31 +8,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from vggprune.errors import UserError
-from vggprune.runtimes_base import Runner, Runtime
-from vggprune.runtimes_onnx import OnnxRuntimeRuntime, OpenVINORuntime, export_onnx
-from vggprune.runtimes_torch import CompileRuntime, EagerRuntime, FusedRuntime, fuse_bn
-
-__all__ = ["RUNTIMES", "Runner", "Runtime", "Verification", "export_onnx", "fuse_bn", "get_runtime",
-           "reference_logits", "verify"]
-
-_RUNTIMES: dict[str, type[Runtime]] = {
-    cls.name: cls for cls in (EagerRuntime, FusedRuntime, OnnxRuntimeRuntime, OpenVINORuntime, CompileRuntime)
-}
-RUNTIMES: tuple[str, ...] = tuple(_RUNTIMES)
+from vggprune.runtimes.base import Runner
 
 MIN_AGREEMENT = 0.999
 # Two classes whose eager logits differ by less than this fraction of the image's largest |logit|
 # are a numerical tie: float reassociation may order them either way, which is not a disagreement.
 TIE_RTOL = 1e-4
-
-
-def get_runtime(name: str) -> Runtime:
-    """The runtime called ``name``; an unknown name is a UserError listing the allowed ones."""
-    try:
-        return _RUNTIMES[name]()
-    except (KeyError, TypeError):
-        raise UserError(f"unknown runtime {name!r}; allowed: {', '.join(RUNTIMES)}") from None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Turn pytest-benchmark JSON runs into report rows and tables: load → merge → rows → tables.
 
 The harness's ``--benchmark-json`` output is the only input, read as typed case records
-(:mod:`vggprune.results`). Several runs (a CPU run from a laptop and a GPU run from a server) merge
+(:mod:`vggprune.results.record`). Several runs (a CPU run from a laptop and a GPU run from a server) merge
 into one set of cases; each case is then tagged with a *device label* that tells apart the same device
 type measured on different machines, so a speed-up is only ever computed between numbers from the
 same device of the same machine. Every published number carries its uncertainty: top-1 its 95 %
@@ -26,8 +26,8 @@ from tabulate import tabulate
 
 from vggprune.atomic import write_atomic
 from vggprune.errors import UserError
-from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS, Case
-from vggprune.results import CaseRecord, Run, load_run, load_runs
+from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS, RUNTIME_ORDER, Case
+from vggprune.results.record import CaseRecord, Run, load_run, load_runs
 from vggprune.stats import ratio_of_medians
 
 FORMATS = ("github", "plain", "csv", "json")
@@ -110,7 +110,7 @@ def merge_runs(runs: Sequence[Run]) -> list[Tagged]:
 
 _SCOPE_ORDER = {"none": 0, "fc": 1, "conv": 2, "all": 3}
 _CRITERION_ORDER = {"none": 0, "l2": 1, "l1": 2, "random": 3}
-_RUNTIME_ORDER = {DEFAULT_RUNTIME: 0, "fused": 1, "onnxruntime": 2, "openvino": 3, "compile": 4}
+_RUNTIME_ORDER = {name: i for i, name in enumerate(RUNTIME_ORDER)}
 
 
 def row_order(row: Row) -> tuple:
@@ -659,7 +659,6 @@ def render(runs: Sequence[Run], rows: Sequence[Row], fmt: str) -> str:
 
 # ---------------------------------------------------------------- output
 
-SUMMARY_FILES = ("summary.md", "summary.csv", "summary.json")
 
 
 def write_summaries(runs: Sequence[Run], rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:

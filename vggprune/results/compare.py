@@ -33,8 +33,8 @@ from tabulate import tabulate
 
 from vggprune.errors import UserError
 from vggprune.limits import RUN_SPREAD
-from vggprune.report import row_order
-from vggprune.results import CaseRecord, Run, load_run
+from vggprune.results.record import CaseRecord, Run, load_run
+from vggprune.results.report import row_order
 from vggprune.stats import Change, change_test, log_ratios, mcnemar_exact
 
 REGRESSED, IMPROVED, WITHIN_NOISE, NO_CHANGE, NOT_COMPARED = (

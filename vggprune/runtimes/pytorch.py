@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from vggprune.cache import published_dir
-from vggprune.latency import MEMORY_FORMATS
-from vggprune.runtimes_base import Runner, Runtime, dir_size, model_fingerprint, state_bytes
+from vggprune.runtimes.base import Runner, Runtime, dir_size, model_fingerprint, state_bytes
+from vggprune.timing.pairing import MEMORY_FORMATS, prepare_for_inference
 
 STATE_FILE = "model.pt"
 RECOMPILE_LIMIT = 64
@@ -53,7 +53,8 @@ def _state_file(model: nn.Module, artifact_dir: Path, subdir: str, payload) -> t
 
 
 class _TorchRuntime(Runtime):
-    heap_forward = True  # see latency.heap_only
+    heap_forward = True  # see vggprune.timing.allocator.heap_only
+    has_parts = True  # each leaf module is a part
 
     def _module(self, model: nn.Module) -> nn.Module:
         return model
@@ -63,6 +64,12 @@ class _TorchRuntime(Runtime):
 
     def _wrap(self, module: nn.Module, example_batch: torch.Tensor) -> nn.Module:
         return module
+
+    def part_clock(self, model, batch, workdir):
+        from vggprune.timing.breakdown import ModuleClock
+
+        memory_format = "channels_last" if batch.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+        return ModuleClock(prepare_for_inference(self._module(model), "cpu", memory_format))
 
     def _prepare(self, model, device, memory_format, example_batch, artifact_dir):
         module = self._module(model)
@@ -122,6 +129,7 @@ class CompileRuntime(_TorchRuntime):
     fresh_copies = False  # a fresh copy would mean compiling again per block
     in_workers = False
     exports = False  # ships the eager checkpoint, already in the cache
+    has_parts = False  # one compiled graph has no module boundaries to clock
     heap_forward = False  # a call may compile (a new batch size), and compiler buffers must not stay in the heap
 
     def unavailable(self, device: str) -> str | None:

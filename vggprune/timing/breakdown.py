@@ -17,6 +17,7 @@ costs far more per MAC than a conv, and the gap between the two shows it.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections import defaultdict
@@ -28,11 +29,11 @@ import torch
 from torch import nn
 
 from vggprune.errors import UserError
-from vggprune.latency import TimedForward
+from vggprune.identity import DEFAULT_RUNTIME
+from vggprune.timing.pairing import TimedForward
 
 # Not OpenVINO: its CPU plugin reports each node's time as a running average over every inference of
 # the compiled model (measured), so rounds cannot be paired part by part.
-RUNTIMES = ("eager", "fused", "onnxruntime")
 OTHER = "other"
 _MODULE_KIND = {nn.Conv2d: "conv", nn.MaxPool2d: "pool", nn.AdaptiveAvgPool2d: "avgpool", nn.Linear: "fc"}
 # ONNX Runtime's op names by kind (NCHWc convs and pools keep their names).
@@ -96,7 +97,7 @@ def part_work(model: nn.Module, image_size: int) -> dict[str, int]:
     return work
 
 
-class _ModuleClock:
+class ModuleClock:
     """Seconds per part of one forward, from a clock read before and after every leaf module.
 
     On CPU every op has finished when its module returns, so the difference is the part's own time;
@@ -154,16 +155,16 @@ def onnx_parts(events: list[dict]) -> list[dict[str, float]]:
             for start, end in runs]
 
 
-class _OnnxClock:
+class OnnxClock:
     """Runs one exported model in ONNX Runtime with profiling on; the parts are read at the end."""
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, workdir: Path) -> None:
         import onnxruntime
 
-        from vggprune.runtimes_onnx import INPUT, OnnxRuntimeRuntime, export_onnx
+        from vggprune.runtimes.onnx import INPUT, OrtRuntime, export_onnx
 
         files, _ = export_onnx(model, batch, workdir)
-        options = OnnxRuntimeRuntime.session_options()
+        options = OrtRuntime.session_options()
         options.enable_profiling = True
         options.profile_file_prefix = str(workdir / "profile")
         self.session = onnxruntime.InferenceSession(str(files[0]), options, providers=["CPUExecutionProvider"])
@@ -226,32 +227,35 @@ def ceiling(base_ms: dict[str, float], work_ratio: dict[str, float]) -> float:
     return sum(base_ms.values()) / after
 
 
-def breakdown(base: nn.Module, pruned: nn.Module, runtime: str = "eager", batch_size: int = 8,
-              rounds: int = 10, warmup: int = 2, workdir: Path | None = None) -> Breakdown:
-    """Time ``base`` and ``pruned`` (eval-mode VGG11s on CPU) part by part in interleaved rounds."""
-    from vggprune.counting import count_params_macs
-    from vggprune.latency import make_batch, prepare_for_inference, steady_allocator
-    from vggprune.runtimes_torch import fuse_bn
+def breakdown_runtimes() -> tuple[str, ...]:
+    """The runtimes that can say where their time goes (each gives a :meth:`Runtime.part_clock`)."""
+    from vggprune.runtimes import RUNTIMES, get_runtime
 
-    if runtime not in RUNTIMES:
-        raise UserError(f"breakdown runs in {', '.join(RUNTIMES)}, not {runtime!r}")
+    return tuple(name for name in RUNTIMES if get_runtime(name).has_parts)
+
+
+def breakdown(base: nn.Module, pruned: nn.Module, runtime: str = DEFAULT_RUNTIME, batch_size: int = 8,
+              rounds: int = 10, warmup: int = 2, workdir: Path | None = None, seed: int = 0) -> Breakdown:
+    """Time ``base`` and ``pruned`` (eval-mode VGG11s on CPU) part by part in paired rounds, the order
+    in each round drawn at random as the harness pairs them (a fixed order biases an A/A pair)."""
+    from vggprune.counting import count_params_macs
+    from vggprune.runtimes import get_runtime
+    from vggprune.timing.allocator import steady_allocator
+    from vggprune.timing.pairing import make_batch
+
+    if runtime not in breakdown_runtimes():
+        raise UserError(f"breakdown runs in {', '.join(breakdown_runtimes())}, not {runtime!r}")
+    rt = get_runtime(runtime)
     steady_allocator()  # the harness's allocator setting, so the parts add up to what the harness times
     size = base.spec.input_size
     work = {"base": part_work(base, size), "pruned": part_work(pruned, size)}
     theoretical = count_params_macs(base)[1] / count_params_macs(pruned)[1]
-    onnx = runtime == "onnxruntime"
-    fmt = "contiguous" if onnx else "channels_last"  # the layout each runtime is timed with in the harness
-    batch = make_batch(batch_size, size, "cpu", memory_format=fmt)
-    if onnx:
-        if workdir is None:
-            raise ValueError(f"{runtime} needs a workdir for its export and profile")
-        clocks = {key: _OnnxClock(m, batch, workdir / key) for key, m in (("base", base), ("pruned", pruned))}
-    else:
-        prep = fuse_bn if runtime == "fused" else (lambda m: m)
-        clocks = {key: _ModuleClock(prepare_for_inference(prep(m), "cpu", fmt))
-                  for key, m in (("base", base), ("pruned", pruned))}
-    for i in range(warmup + rounds):
-        for key in ("base", "pruned") if i % 2 == 0 else ("pruned", "base"):  # ABBA: neither always first
+    batch = make_batch(batch_size, size, "cpu", memory_format="channels_last")
+    clocks = {key: rt.part_clock(m, batch, workdir / key if workdir else None)
+              for key, m in (("base", base), ("pruned", pruned))}
+    rng = random.Random(seed)
+    for _ in range(warmup + rounds):
+        for key in ("base", "pruned") if rng.random() < 0.5 else ("pruned", "base"):
             clocks[key](batch)
     samples = {key: clock.parts(skip=warmup) for key, clock in clocks.items()}
     return _summarise(samples, work, runtime, batch_size, rounds, theoretical)
@@ -292,4 +296,5 @@ def render(result: Breakdown, title: str) -> str:
             f"{result.ceiling:.2f}× ({result.ceiling / result.theoretical:.3f} of theoretical); "
             f"measured {t.speedup:.2f}× ({t.speedup / result.theoretical:.3f} of theoretical, "
             f"{t.speedup / result.ceiling:.3f} of the ceiling)")
+
 
