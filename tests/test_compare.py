@@ -180,11 +180,11 @@ def test_one_case_significant_alone_is_not_a_discovery_among_many(tmp_path):
     p = sorted(v.p_value for v in lat.values())
     assert lat[target[0]].p_value == p[0] < 0.05  # alone it would be significant...
     assert p[0] * len(p) > 0.05  # ...but not after BH's m / rank (its rank is 1)
-    assert lat[target[0]].verdict == "no change" and cmp.exit_code == 0
+    assert lat[target[0]].outcome == "no change" and cmp.exit_code == 0
     every = with_evidence(fixture(), seed=2, run_spread=0.05)
     scale_rounds(every, 1.25, conv50(every))
     cmp = compare_files(write(tmp_path, "a.json", base), write(tmp_path, "c.json", every), no_tolerance)
-    regressed = [m.case_id for m in cmp.matched if m.verdict("latency").verdict == "regressed"]
+    regressed = [m.case_id for m in cmp.matched if m.verdict("latency").outcome == "regressed"]
     assert sorted(regressed) == sorted(conv50(every))
 
 

@@ -59,6 +59,28 @@ def variant(tmp_path: Path, edit, src: Path = CPU, name: str = "variant.json") -
     return path
 
 
+def current(data: dict) -> dict:
+    """A fixture written by an older schema, brought to today's: its summaries re-derived from its rounds
+    by today's rule, as a current file must hold them."""
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        e.update(ADDED[4], **{k: v for k, v in e.items() if k in ADDED[4]}, schema=SCHEMA)
+        e.update(summarize(b["stats"]["data"], e["batch_size"], e["base_times_s"] or None, blocks=e["blocks"],
+                           run_spread=e.get("run_spread") or 0.0))
+    return data
+
+
+def test_a_current_file_whose_summaries_disagree_with_its_rounds_is_refused_in_one_line(tmp_path):
+    assert load_run(variant(tmp_path, current, name="current.json")).cases  # re-derived: it reads
+
+    def edited(data):
+        current(data)
+        data["benchmarks"][0]["extra_info"]["latency_p50_ms"] *= 0.8  # a flattering p50
+
+    with pytest.raises(UserError, match=r"latency_p50_ms = .* is not what its rounds give \(.*\): the summaries"):
+        load_run(variant(tmp_path, edited))
+
+
 def lines_of(table: Table) -> list[dict[str, str]]:
     """Each row of a table as header → cell, with the columns its caption holds filled back in."""
     out = []
@@ -256,6 +278,7 @@ def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
     def unlearned(data):
         for b in data["benchmarks"]:
             b["extra_info"].update(ADDED[4], schema=SCHEMA, run_spread=None, base_learned=False)
+        current(data)
 
     runs, rows = load_rows([variant(tmp_path, unlearned)])
     assert {r["accuracy_vs_base"] for r in rows} == {BASE_UNLEARNED}  # the base's own row too
@@ -264,8 +287,9 @@ def test_cases_whose_base_never_learned_are_marked_and_counted(tmp_path):
     (accuracy,) = [t for t in summary_tables(rows) if t.title.startswith("Accuracy")]
     assert {c["vs base"] for c in lines_of(accuracy)} == {BASE_UNLEARNED}  # a column: the base's row holds it too
     assert "base_learned" in CSV_FIELDS
-    runs, learned = load_rows([variant(tmp_path, lambda d: [b["extra_info"].update(
-        ADDED[4], schema=SCHEMA, run_spread=None, base_learned=True) for b in d["benchmarks"]], name="learned.json")])
+    runs, learned = load_rows([variant(tmp_path, lambda d: current([b["extra_info"].update(
+        ADDED[4], schema=SCHEMA, run_spread=None, base_learned=True) for b in d["benchmarks"]] and d),
+        name="learned.json")])
     assert BASE_UNLEARNED not in render(runs, learned, "github")
 
 

@@ -74,7 +74,7 @@ class Verdict:
     """One aspect (sizes, top-1 or latency) of one case: what changed, how sure, and whether it counts."""
 
     aspect: str
-    verdict: str
+    outcome: str  # regressed, improved, within noise, no change or not compared
     detail: str
     advisory: bool = False  # reported, but does not fail the comparison
     estimate: float | None = None  # top-1: change in points; latency: relative change (−0.2 = 20 % slower)
@@ -82,10 +82,12 @@ class Verdict:
     high: float | None = None
     p_value: float | None = None
     p_adjusted: float | None = None  # latency: Benjamini–Hochberg over the compared cases, what is judged
+    before: float | None = None  # latency: the baseline's median speed-up (×) or p50 (ms), the candidate's after
+    after: float | None = None
 
     @property
     def fails(self) -> bool:
-        return self.verdict == REGRESSED and not self.advisory
+        return self.outcome == REGRESSED and not self.advisory
 
 
 @dataclass
@@ -196,6 +198,8 @@ class LatencyTest:
     """One case's latency change, tested but not yet judged: judging needs every case's p-value."""
 
     what: str  # "speed-up 1.95 → 1.56" or "p50 … → … ms"
+    before: float  # the medians behind ``what``, in its unit
+    after: float
     advisory: str | None  # why a regression here must not fail the comparison, if it must not
     test: Change
 
@@ -206,7 +210,8 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Ver
         if len(b.base_times_s) < 2 or len(c.base_times_s) < 2 or not b.times_s or not c.times_s:
             return Verdict("latency", NOT_COMPARED, "no paired rounds (stats.data and base_times_s) in both runs")
         before, after = log_ratios(b.base_times_s, b.times_s), log_ratios(c.base_times_s, c.times_s)
-        what = (f"speed-up {math.exp(float(np.median(before))):.2f} → {math.exp(float(np.median(after))):.2f}")
+        figures = math.exp(float(np.median(before))), math.exp(float(np.median(after)))
+        what = f"speed-up {figures[0]:.2f} → {figures[1]:.2f}"
         advisory = None
         if not tol.gate_across_machines and not _same_machine(b, c):
             advisory = "different machines"
@@ -220,9 +225,10 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Ver
             return Verdict("latency", NOT_COMPARED, "absolute latency is only compared between runs of one machine")
         # Faster = positive, as for speed-ups: compare minus log-times.
         before, after = -np.log(b.times_s), -np.log(c.times_s)
-        what = f"p50 {1e3 * float(np.median(b.times_s)):.3g} → {1e3 * float(np.median(c.times_s)):.3g} ms"
+        figures = 1e3 * float(np.median(b.times_s)), 1e3 * float(np.median(c.times_s))
+        what = f"p50 {figures[0]:.3g} → {figures[1]:.3g} ms"
         advisory, spread = None, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
-    return LatencyTest(what, advisory, change_test(before, after, b.blocks, c.blocks, run_spread=spread))
+    return LatencyTest(what, *figures, advisory, change_test(before, after, b.blocks, c.blocks, run_spread=spread))
 
 
 def _judge_latency(tests: list[LatencyTest | Verdict], tol: Tolerances) -> list[Verdict]:
@@ -248,7 +254,7 @@ def _judge_latency(tests: list[LatencyTest | Verdict], tol: Tolerances) -> list[
         if t.advisory and verdict in (REGRESSED, IMPROVED):
             detail += f"; advisory: {t.advisory}"
         verdicts.append(Verdict("latency", verdict, detail, t.advisory is not None, change, low, high,
-                                t.test.p_value, q))
+                                t.test.p_value, q, t.before, t.after))
     return verdicts
 
 
@@ -302,9 +308,9 @@ def _cell(v: Verdict | None) -> str:
     """The verdict and its one key figure; the full evidence is on the flagged case's own line."""
     if v is None:
         return "–"
-    if v.verdict == NOT_COMPARED:
-        return f"{v.verdict}: {v.detail}"
-    mark = " (advisory)" if v.advisory and v.verdict in (REGRESSED, IMPROVED) else ""
+    if v.outcome == NOT_COMPARED:
+        return f"{v.outcome}: {v.detail}"
+    mark = " (advisory)" if v.advisory and v.outcome in (REGRESSED, IMPROVED) else ""
     if v.aspect == "top-1" and v.estimate is not None:
         figure = f" {v.estimate:+.2f} pp" + (f", p={v.p_value:.2g}" if v.p_value is not None else "")
     elif v.aspect == "latency" and v.estimate is not None:
@@ -312,7 +318,7 @@ def _cell(v: Verdict | None) -> str:
                   f" (adj. {v.p_adjusted:.2g})")
     else:
         figure = ""
-    return f"{v.verdict}{mark}{figure}"
+    return f"{v.outcome}{mark}{figure}"
 
 
 def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
@@ -321,24 +327,26 @@ def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
         return json.dumps({
             "regressions": cmp.regressions,
             "cases": [{"case_id": m.case_id, **m.candidate.case.fields(), "fails": m.fails,
-                       "verdicts": [{k: getattr(v, k) for k in ("aspect", "verdict", "detail", "advisory",
-                                                                  "estimate", "low", "high", "p_value",
-                                                                  "p_adjusted")}
+                       "verdicts": [{"verdict": v.outcome,
+                                     **{k: getattr(v, k) for k in ("aspect", "detail", "advisory", "estimate", "low",
+                                                                   "high", "p_value", "p_adjusted", "before", "after")}}
                                     for v in m.verdicts]} for m in cmp.matched],
             "only_baseline": [c.case_id for c in cmp.only_baseline],
             "only_candidate": [c.case_id for c in cmp.only_candidate],
             "notes": cmp.notes,
         }, indent=2) + "\n"
     parts: list[str] = []
-    flagged = [(m, v) for m in cmp.matched for v in m.verdicts if v.verdict == REGRESSED]
+    flagged = [(m, v) for m in cmp.matched for v in m.verdicts if v.outcome == REGRESSED]
     for m, v in flagged:
         parts.append(f"{m.case_id}: {v.aspect} regressed{' (advisory)' if v.advisory else ''}: {v.detail}")
     rows = []
     for m in cmp.matched:
         lat = m.verdict("latency")
         speedups = ""
-        if lat is not None and lat.verdict != NOT_COMPARED:
-            speedups = lat.detail.split(" (")[0].replace("speed-up ", "")
+        if lat is not None and lat.before is not None:
+            unit = "" if cmp.tolerances.latency_metric == "speedup" else " ms"
+            digits = ".2f" if cmp.tolerances.latency_metric == "speedup" else ".3g"
+            speedups = f"{lat.before:{digits}} → {lat.after:{digits}}{unit}"
         rows.append([m.case_id, _cell(m.verdict("sizes")), _cell(m.verdict("top-1")), speedups, _cell(lat)])
     headers = ["case", "params/MACs", "top-1 Δ", f"{cmp.tolerances.latency_metric} before → after",
                "latency change (95 % CI)"]
@@ -363,6 +371,6 @@ def summary_counts(cmp: Comparison) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     for m in cmp.matched:
         for v in m.verdicts:
-            counts.setdefault(v.aspect, {}).setdefault(v.verdict, 0)
-            counts[v.aspect][v.verdict] += 1
+            counts.setdefault(v.aspect, {}).setdefault(v.outcome, 0)
+            counts[v.aspect][v.outcome] += 1
     return counts

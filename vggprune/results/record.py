@@ -168,6 +168,8 @@ class CaseRecord:
             raise UserError(f"{where} lacks fields in extra_info: {', '.join(missing)}")
         record = cls(**{k: v for k, v in extra.items() if k in known}, times_s=list(times_s or []))
         validate(record, where)
+        if version == SCHEMA:  # an older file's summaries followed the rules of its day
+            check_derived(record, where)
         return record
 
 
@@ -239,6 +241,27 @@ def validate(record: CaseRecord, where: str = "record") -> None:
                         f"{len(record.times_s)}; they are paired round by round")
     if any(t <= 0 or not math.isfinite(t) for t in record.times_s):
         raise UserError(f"{where}: stats.data holds a non-positive or non-finite time")
+
+
+# The summaries a record stores that its own rounds determine (vggprune.results.summary.summarize).
+DERIVED = ("rounds", "latency_p50_ms", "latency_q1_ms", "latency_q3_ms", "latency_mean_ms", "latency_noise",
+           "images_per_s", "noisy", "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci")
+
+
+def check_derived(record: CaseRecord, where: str = "record") -> None:
+    """The evidence comes first: every summary in :data:`DERIVED` must be what the record's raw rounds
+    (``stats.data`` and ``base_times_s``) give, so a table or a verdict never rests on an edited figure."""
+    from vggprune.results.summary import summarize
+
+    if not record.times_s:
+        return
+    derived = summarize(record.times_s, record.batch_size, record.base_times_s or None, blocks=record.blocks,
+                        run_spread=record.run_spread or 0.0)
+    for name in DERIVED:
+        stored, want = getattr(record, name), derived[name]
+        if stored != want:
+            raise UserError(f"{where}: {name} = {stored!r} is not what its rounds give ({want!r}): "
+                            f"the summaries were edited, or written by another vggprune")
 
 
 # ---------------------------------------------------------------- runs
