@@ -32,6 +32,8 @@ def _ci(correct: str | None) -> list[float] | None:
     return None if interval is None else [round(interval[0], 6), round(interval[1], 6)]
 
 
+VERIFY_BATCH = 8  # images in the one random batch runtimes are verified on when there is no data
+
 class Harness:
     def __init__(self, settings: RunSettings, pipeline=None) -> None:
         from vggprune.pipeline import Pipeline
@@ -84,8 +86,11 @@ class Harness:
     def _verification_batches(self):
         """The test split's loader (re-iterable, fixed order), or one fixed random batch without data."""
         if self.pipeline.data_missing_reason:
-            return [make_batch(8, self.profile.image_size, "cpu", seed=1)]
+            return [make_batch(VERIFY_BATCH, self.profile.image_size, "cpu", seed=1)]
         return self.pipeline.data().test
+
+    def _verification_batch_size(self) -> int:
+        return VERIFY_BATCH if self.pipeline.data_missing_reason else self.pipeline.data().eval_batch_size
 
     def verify_runtime(self, prepared: PreparedModel, runtime: str, device: str):
         """The runtime's outputs against eager PyTorch on the test split, once per model, runtime and
@@ -95,7 +100,7 @@ class Harness:
             batches = self._verification_batches()
             if prepared.reference is None:
                 prepared.reference = reference_logits(prepared.model, batches)
-            runner = self.store.make(prepared, get_runtime(runtime), device)
+            runner = self.store.make(prepared, get_runtime(runtime), device, self._verification_batch_size())
             prepared.verified[slot] = verify(runner, None, batches, prepared.reference)
             self.store.retire([runner])
             if device == "cuda":
@@ -122,7 +127,7 @@ class Harness:
         runtime = get_runtime(case.runtime)
         batch = make_batch(case.batch_size, self.profile.image_size, case.device,
                            memory_format=self.settings.memory_format)
-        base, model = (self.store.make(p, runtime, case.device) for p in self._pair(case))
+        base, model = (self.store.make(p, runtime, case.device, case.batch_size) for p in self._pair(case))
         return timed_pair(base, model, batch)
 
     def processes(self, case: Case, rounds: int) -> int:
@@ -149,28 +154,33 @@ class Harness:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``, for this process's
         share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
         Each block of rounds runs on fresh copies of both models (new sessions in ONNX Runtime and
-        OpenVINO; see PairedRounds), each copy made first in every other block (``in_turn``). The new
-        pair is made before the last one is retired, so it lands elsewhere in memory and at most two
-        generations are alive. With workers, this process times one block and each worker one more."""
+        OpenVINO; see PairedRounds), each copy made first in every other block (``in_turn``). Each new
+        copy is made before the one it replaces is retired, so it lands elsewhere in memory, and at
+        most three copies are alive. With workers, this process times one block and each worker one more."""
         runtime = get_runtime(case.runtime)
         models = self._pair(case)
         forwards, turns = (base_forward, case_forward), iter(range(self._first_turn(case), 1 << 30))
 
         def fresh(forward: TimedForward, prepared: PreparedModel):
             def make():
-                runner = self.store.make(prepared, runtime, case.device)
+                runner = self.store.make(prepared, runtime, case.device, case.batch_size)
                 # a round's worth of untimed calls on new memory: page faults, then caches and kernels warm
                 # (with one call, the first timed round of each block ran 25 % slower)
                 TimedForward(runner, forward.batch).untimed(calls=max(2, forward.loops))
                 return runner
             return make
 
+        def swap(forward: TimedForward, prepared: PreparedModel):
+            make = fresh(forward, prepared)
+
+            def replace():
+                old, forward.fn = forward.fn, make()  # made while the old copy still holds its addresses
+                self.store.retire([old])
+                return forward.fn
+            return replace
+
         def refresh() -> None:
-            old = [f.fn for f in forwards]
-            made = in_turn([fresh(f, p) for f, p in zip(forwards, models)], next(turns))
-            for forward, fn in zip(forwards, made):
-                forward.fn = fn
-            self.store.retire(old)
+            in_turn([swap(f, p) for f, p in zip(forwards, models)], next(turns))
 
         processes = self.processes(case, evidence.rounds)
         here = split_rounds(evidence.rounds, processes)[0]

@@ -4,8 +4,8 @@ session made to time them.
 A run visits cases model-major, so the store keeps the base and the one pruned model being measured
 (on CPU, as trained). Everything made to time a case (a copy on the device, a runtime session, its A/A
 twin) is made through :meth:`ModelStore.make` and freed by :meth:`ModelStore.end_case` before the next
-case starts; a block of rounds that swaps in fresh copies retires the previous ones once the new ones
-exist (:meth:`ModelStore.retire`), so at most two generations of a pair are alive. Peak memory is then
+case starts; a block of rounds that swaps in fresh copies retires each previous copy once its
+replacement exists (:meth:`ModelStore.retire`), one at a time, so at most three copies are alive. Peak memory is then
 bounded by the largest single case, not by the number of cases, runtimes or blocks.
 """
 
@@ -27,9 +27,9 @@ from vggprune.timing.pairing import make_batch
 
 # Every timed copy any store made and that is still alive somewhere (a test counts them).
 LIVE: weakref.WeakSet = weakref.WeakSet()
-# Copies of a pair alive at a case's peak: the generation being timed and the next one, made before
-# the last is freed so it cannot reuse the same addresses.
-GENERATIONS = 2
+# Copies alive at a case's peak: the pair being timed and one new copy, made before the copy it replaces
+# is freed so it cannot reuse the same addresses (one role is swapped at a time).
+PEAK_COPIES = 3
 
 
 @dataclass
@@ -103,9 +103,11 @@ class ModelStore:
         """Where ``runtime`` keeps its files for ``prepared`` (None: it exports nothing, or no cache)."""
         return self.pipeline.export_dir(prepared.key) if runtime.exports else None
 
-    def make(self, prepared: PreparedModel, runtime: Runtime, device: str) -> Runner:
-        """A new copy of ``prepared`` in ``runtime`` on ``device``, held until the case ends or it is retired."""
-        example = make_batch(1, self.image_size, "cpu")
+    def make(self, prepared: PreparedModel, runtime: Runtime, device: str, batch_size: int = 1) -> Runner:
+        """A new copy of ``prepared`` in ``runtime`` on ``device``, held until the case ends or it is retired.
+        Its first call (in prepare) is at ``batch_size``, the size it will run: a runtime that compiles
+        per shape (OpenVINO) then compiles once."""
+        example = make_batch(batch_size, self.image_size, "cpu")
         runner = runtime.prepare(prepared.model, device, self.memory_format, example,
                                  self.artifacts(prepared, runtime))
         self._cuda = self._cuda or device == "cuda"
@@ -133,14 +135,14 @@ class ModelStore:
 
     # will it fit? --------------------------------------------------------------------------------
     def estimate_bytes(self, case: Case) -> int:
-        """Memory a case adds at its peak: two generations of the (base, case) pair, one batch's activations."""
+        """Memory a case adds at its peak: the (base, case) pair, a new copy of the larger, one batch's activations."""
         base = self.base
         model = base if case.model.is_base else self.prepared(case.model)
         spec = base.model.spec
         pools = [c == "M" for c in VGG11_CFG]
         pool_after = tuple(pools[i + 1] for i, c in enumerate(VGG11_CFG) if c != "M")
         activations = case.batch_size * inference_bytes_per_image(spec.conv_widths, pool_after, self.image_size)
-        return GENERATIONS * (base.nbytes + model.nbytes) + activations
+        return base.nbytes + model.nbytes + max(base.nbytes, model.nbytes) + activations
 
     def refusal(self, case: Case) -> str | None:
         """None when the case fits the memory free on its device now, else one line with the estimate."""
@@ -151,6 +153,6 @@ class ModelStore:
             free, where = available_memory(), "memory available"
         if free is None or need <= free:
             return None
-        return (f"{case.id} needs about {need / 2**30:.1f} GiB ({GENERATIONS} copies each of the base and the case "
+        return (f"{case.id} needs about {need / 2**30:.1f} GiB ({PEAK_COPIES} model copies "
                 f"plus a batch's activations) but {free / 2**30:.1f} GiB of {where}: use a smaller --batch-sizes "
                 f"or fewer --runtimes at once")
