@@ -23,6 +23,7 @@ from vggprune.identity import BASE, Case, ModelKey
 from vggprune.limits import available_memory, inference_bytes_per_image
 from vggprune.models import VGG11_CFG
 from vggprune.runtimes.base import Runner, Runtime, model_fingerprint, state_bytes
+from vggprune.timing.allocator import release_free_memory
 from vggprune.timing.pairing import make_batch
 
 # Every timed copy any store made and that is still alive somewhere (a test counts them).
@@ -125,6 +126,7 @@ class ModelStore:
         self._case.clear()
         if LIVE:  # a copy still alive is caught in a reference cycle: collect it (a full collection costs 0.2 s)
             gc.collect()
+        release_free_memory()
         if self._cuda:
             torch.cuda.empty_cache()  # give the freed blocks back, so the next case's check sees them
 

@@ -8,16 +8,28 @@ from collections.abc import Callable, Iterator
 
 
 @functools.cache
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt``, or None where there is none (musl, macOS, Windows)."""
+def _glibc(function: str) -> Callable[..., int] | None:
+    """A glibc allocator function, or None where there is none (musl, macOS, Windows)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).mallopt if name else None
+        return getattr(ctypes.CDLL(name), function) if name else None
     except (OSError, AttributeError):
         return None
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    return _glibc("mallopt")
+
+
+def release_free_memory() -> None:
+    """Give the heap's free memory back to the OS (``malloc_trim``), between cases: the pinned trim
+    threshold keeps up to 512 MB of it otherwise, which a run of the seed model cannot spare."""
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
