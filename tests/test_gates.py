@@ -72,7 +72,7 @@ def test_chance_is_the_largest_class_share():
 
 
 def test_a_base_at_chance_fails_with_its_interval_chance_and_what_to_try():
-    # The run: 32 of 240 right on 10 balanced classes (13.3 %) is not learning.
+    # A model that learned nothing: 32 of 240 right on 10 balanced classes (13.3 %) is not learning.
     message = check_learned("1" * 32 + "0" * 208, 0.10)
     assert message is not None and "\n" not in message
     assert "top-1 13.3 % (95 % CI 9.6–18.2 %, 32/240)" in message and "chance 10.0 %" in message

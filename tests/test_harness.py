@@ -134,7 +134,7 @@ def test_wrong_expected_param_count_fails_before_timing(bench):
 @pytest.mark.slow
 def test_seed_profile_without_data_times_but_skips_accuracy_with_how_to(bench, tmp_path):
     json_path = tmp_path / "seed.json"
-    (tmp_path / "no-flowers").mkdir()  # an explicit --data-root must exist and not be empty (issue 13)
+    (tmp_path / "no-flowers").mkdir()  # an explicit --data-root must exist and not be empty
     (tmp_path / "no-flowers" / "notes.txt").write_text("no Flowers102 here")
     result = bench.runpytest_subprocess("bench", "--profile", "seed", "--rates", "0", "--batch-sizes", "1",
                                         "--runtimes", "eager",

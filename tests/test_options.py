@@ -1,5 +1,5 @@
-"""Options defined once (issue 10.3), the Profile split (10.4), gate files from the caller (10.5),
-and the option/gate causes of issue 13 (C, D, H, the explicit --data-root)."""
+"""Options defined once for pytest and argparse, the profile split (training defines checkpoints, the
+axes select cases), gate files from the caller, and options that must be refused in one line."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def clean_env(monkeypatch):
     monkeypatch.delenv("VGGPRUNE_SCOPE", raising=False)
 
 
-# --- H and issue 10.3: one definition, shaped the same for pytest and argparse --------------------------
+# --- one definition, shaped the same for pytest and argparse ---
 
 def test_list_options_are_plural_and_single_value_options_refuse_lists():
     assert all(o.flag.endswith("s") for o in OPTIONS.values() if o.kind == "list")
@@ -94,7 +94,7 @@ def test_cli_training_options_are_the_harness_definitions():
         assert opt.help in helps[opt.flag] and opt.env in helps[opt.flag], opt.flag
 
 
-# --- C: sizes bounded at parse time ------------------------------------------------------------------
+# --- sizes bounded at parse time -------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw, message", [
     ({"threads": "100000"}, "--threads: 100,000 is out of range (allowed 1.."),
@@ -151,7 +151,7 @@ def test_imagefolder_takes_model_image_size_and_epochs_others_refuse_them():
         resolve_profile({"profile": "imagefolder", "model": "resnet"})
 
 
-# --- issue 10.4: the training config defines checkpoints, the axes only select cases -----------------
+# --- the training config defines checkpoints, the axes only select cases ---
 
 def _perturbed(value):
     if isinstance(value, bool):
@@ -201,7 +201,7 @@ def test_settings_expose_training_and_axes_and_replace_routes_flat_fields():
         dataclasses.replace(p, colour="red")
 
 
-# --- issue 10.5 and D: gate files come from the caller and are checked whole ---------------------------
+# --- gate files come from the caller and are checked whole ---
 
 def test_gates_do_not_locate_bench_themselves():
     source = inspect.getsource(gates)

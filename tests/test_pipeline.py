@@ -259,7 +259,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 
 def test_cli_bad_input_is_one_line_exit_2(cli_env, capsys, monkeypatch):
     assert "no trained checkpoint" in _one_line_error(capsys, ["evaluate", "--rate", "0.2"])
-    (cli_env / "none").mkdir()  # an explicit --data-root must exist and not be empty (issue 13)
+    (cli_env / "none").mkdir()  # an explicit --data-root must exist and not be empty
     (cli_env / "none" / "notes.txt").write_text("no splits here")
     assert "image folder" in _one_line_error(capsys, ["train", "--profile", "imagefolder", "--data-root",
                                                        str(cli_env / "none")])

@@ -1,5 +1,5 @@
-"""Issue 13's root causes A, B, E, I, J, K and M: hostile inputs get one line and the right exit code
-before any work; nothing is lost, left behind, hung or silently disabled."""
+"""Hostile inputs get one line and the right exit code before any work; nothing is lost, left behind,
+hung or silently disabled."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
-# --- A: output paths are checked before any work ------------------------------------------------------
+# --- output paths are checked before any work -------------------------------------------------------
 
 def test_output_file_checks_name_the_path(tmp_path):
     (tmp_path / "file").write_text("x")
@@ -92,7 +92,7 @@ def test_write_errors_left_after_the_checks_are_one_line(tmp_path, small_model, 
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
-# --- B: one validator for every model file ------------------------------------------------------------
+# --- one validator for every model file -------------------------------------------------------------
 
 @pytest.mark.parametrize("mutate, why", [
     (lambda p: p.pop("spec"), "top-level keys"),
@@ -135,7 +135,7 @@ def test_pickled_objects_are_refused_without_the_weights_only_hint(tmp_path):
     assert "weights_only" not in out.stderr and "Traceback" not in out.stderr
 
 
-# --- E: undecodable images ----------------------------------------------------------------------------
+# --- undecodable images -----------------------------------------------------------------------------
 
 def test_corrupt_image_is_named_before_training(tmp_path):
     from vggprune.data import ImageDecodeError, describe
@@ -190,7 +190,7 @@ def test_cache_lock_is_not_held_by_forked_children(tmp_path):
         os.waitpid(child, 0)
 
 
-# --- I: an interrupted bench never replaces a complete report ------------------------------------------
+# --- an interrupted bench never replaces a complete report -------------------------------------------
 
 def test_interrupted_run_writes_beside_the_complete_report(pytester: pytest.Pytester):
     import shutil
@@ -225,7 +225,7 @@ def test_bad_benchmark_json_path_is_a_usage_error(pytester: pytest.Pytester):
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
 
 
-# --- J: signals while a checkpoint is written; stale temporary files -----------------------------------
+# --- signals while a checkpoint is written; stale temporary files ------------------------------------
 
 def test_sigterm_during_a_save_finishes_the_file_then_interrupts(tmp_path, small_model, monkeypatch):
     real_save = torch.save
@@ -289,7 +289,7 @@ def test_cache_sweeps_before_storing(tmp_path, small_model):
     assert not stale.exists()
 
 
-# --- K: files respect the umask -----------------------------------------------------------------------
+# --- files respect the umask ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
@@ -305,7 +305,7 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
 
 
-# --- M: a checkpoint for another model variant or input size ------------------------------------------
+# --- a checkpoint for another model variant or input size -------------------------------------------
 
 def test_evaluating_another_variant_or_input_size_is_refused():
     from types import SimpleNamespace
@@ -321,7 +321,7 @@ def test_evaluating_another_variant_or_input_size_is_refused():
         pipe.evaluate(seed_on_digits)  # type: ignore[arg-type]
 
 
-# --- D: the harness's input files are checked at configure time (exit 4), not in every test ---------
+# --- the harness's input files are checked at configure time (exit 4), not in every test ----------
 
 @pytest.fixture
 def bench_copy(pytester: pytest.Pytester, tmp_path, monkeypatch) -> pytest.Pytester:

@@ -62,7 +62,7 @@ def _pair(b: int, c: int, both: int = 0, neither: int = 0) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize(("b", "c", "p"), [
-    (2, 0, 2 * 1 / 4),  # the "2 flips pass": P(X = 0 | 2, ½) doubled = 0.5
+    (2, 0, 2 * 1 / 4),  # "2 flipped images pass": P(X = 0 | 2, ½) doubled = 0.5
     (12, 0, 2 / 2**12),  # "12 flips fail": 0.000488
     (0, 5, 2 / 2**5),  # 0.0625, the smallest p that 5 discordant pairs can give: not significant
     (2, 12, 2 * (comb(14, 0) + comb(14, 1) + comb(14, 2)) / 2**14),  # 212/16384 = 0.01294

@@ -1,7 +1,7 @@
 """Are the speed-up intervals honest on this machine? Coverage of each run's CI across same-code runs.
 
 A 95 % interval is calibrated if it holds the quantity it estimates about 95 % of the time. Between
-runs the quantity is unknown, so the check (issue 9) uses the median over runs of the same code as a
+runs the quantity is unknown, so the check uses the median over runs of the same code as a
 stand-in: for every case, each run's ``measured_speedup_ci`` either contains the median of the runs'
 ``measured_speedup`` or not, and the coverage is the fraction that does. Run ``make bench`` (or
 ``pytest bench/``) several times with nothing else running, then ``vggprune calibration run*.json``.
