@@ -43,11 +43,11 @@ from vggprune.profiles import (
     recipe_for,
 )
 from vggprune.pruning import CRITERIA, METHODS, SCOPES, parse_rates
+from vggprune.timing.pairing import MEMORY_FORMATS
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cpu,cuda")
 MAX_LR = 10.0  # beyond this SGD diverges on any of these models; a typo (50 for 0.05) is caught at once
 # channels_last by default: oneDNN and cuDNN run VGG convs fastest in NHWC (measured in the README).
-MEMORY_FORMATS = ("channels_last", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def resolve_settings(raw: dict[str, Any], cuda_available: bool) -> RunSettings:
         run_spread=(float_in_range("--run-spread", raw["run_spread"], 0.0, 1.0)
                     if raw.get("run_spread") not in (None, "") else RUN_SPREAD),
         memory_format=_choice("--memory-format", str(raw.get("memory_format") or "channels_last"),
-                              MEMORY_FORMATS),
+                              tuple(MEMORY_FORMATS)),
         thresholds_file=existing_file("--thresholds", raw.get("thresholds")),
         expected_params_file=existing_file("--expected-params", raw.get("expected_params")),
         max_accuracy_drop=(float_in_range("--max-accuracy-drop", raw["max_accuracy_drop"], 0.0, 1.0)

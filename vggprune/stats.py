@@ -25,6 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def z_value(confidence: float = 0.95) -> float:
+    """The two-sided normal quantile for ``confidence`` (1.96 for 95 %)."""
+    from scipy.stats import norm  # lazy: train.py imports this module for accuracy() alone
+
+    return float(norm.ppf(0.5 + confidence / 2))
+
+
+def chunk_size(n: int, chunks: int) -> int:
+    """Items per chunk when ``n`` items are cut into ``chunks`` contiguous, equal chunks (the last shorter)."""
+    return max(1, -(-n // max(1, chunks)))
+
 def check_correct(correct: str) -> str:
     """``correct`` unchanged if it is a non-empty string of '0'/'1', else a ValueError saying why."""
     if not isinstance(correct, str) or not correct:
@@ -52,9 +63,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    from scipy.stats import norm  # lazy: train.py imports this module for accuracy() alone
-
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = z_value(confidence)
     p, z2 = successes / n, z * z
     denom = 1 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
@@ -133,8 +142,7 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
 
 def block_ids(n: int, blocks: int) -> np.ndarray:
     """Which block each of ``n`` rounds belongs to: ``blocks`` contiguous, equal chunks (the last shorter)."""
-    per = max(1, -(-n // max(1, blocks)))
-    return np.arange(n) // per
+    return np.arange(n) // chunk_size(n, blocks)
 
 
 def median_and_se(values: Sequence[float], blocks: int = 1, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -169,13 +177,11 @@ def paired_speedup(base_times: Sequence[float], case_times: Sequence[float], blo
     deviation on the log scale) then widens it for what varies *between* runs, which no run can see
     from inside: see :func:`widen`.
     """
-    from scipy.stats import norm
-
     logs = log_ratios(base_times, case_times)
     low, high = median_ci(logs, confidence)
     if blocks > 1 and logs.size > blocks:
         centre, se = median_and_se(logs, blocks)
-        z = norm.ppf(1 - (1 - confidence) / 2)
+        z = z_value(confidence)
         low, high = min(low, centre - z * se), max(high, centre + z * se)
     point = float(np.median(np.exp(logs)))  # the median ratio (for even n: the mean of the middle two)
     low, high = widen(math.log(point), low, high, run_spread, confidence)
@@ -192,9 +198,7 @@ def widen(centre: float, low: float, high: float, run_spread: float, confidence:
     """
     if run_spread <= 0:
         return low, high
-    from scipy.stats import norm
-
-    extra = norm.ppf(1 - (1 - confidence) / 2) * run_spread
+    extra = z_value(confidence) * run_spread
     return (centre - math.hypot(centre - min(low, centre), extra),
             centre + math.hypot(max(high, centre) - centre, extra))
 
@@ -221,7 +225,7 @@ def change_test(before: Sequence[float], after: Sequence[float], blocks_before: 
     mb, sb = median_and_se(before, blocks_before)
     ma, sa = median_and_se(after, blocks_after)
     shift, se = ma - mb, math.hypot(sb, sa, run_spread, run_spread)
-    z = norm.ppf(1 - (1 - confidence) / 2)
+    z = z_value(confidence)
     p = 1.0 if se == 0 and shift == 0 else (0.0 if se == 0 else float(2 * norm.sf(abs(shift) / se)))
     return Change(shift, shift - z * se, shift + z * se, p)
 
@@ -232,12 +236,10 @@ def ratio_of_medians(num_times: Sequence[float], den_times: Sequence[float], num
     devices), with a 95 % CI on the log scale from each median's two-stage bootstrap standard error,
     as in :func:`change_test`. Unpaired, so wider than a paired speed-up's: nothing cancels what the
     machine did in between."""
-    from scipy.stats import norm
-
     num, den = np.asarray(num_times, dtype=np.float64), np.asarray(den_times, dtype=np.float64)
     ratio = float(np.median(num) / np.median(den))
     se = math.hypot(median_and_se(np.log(num), num_blocks)[1], median_and_se(np.log(den), den_blocks)[1])
-    half = norm.ppf(1 - (1 - confidence) / 2) * se
+    half = z_value(confidence) * se
     return ratio, (ratio * math.exp(-half), ratio * math.exp(half))
 
 

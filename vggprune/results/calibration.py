@@ -94,9 +94,9 @@ MAX_SPREAD = 0.5  # beyond ±100 % at 95 % an interval says nothing
 def needed_spread(cases: Sequence[CaseCoverage], target: float = TARGET, step: float = 0.001) -> float | None:
     """The smallest run spread (log-scale SD, to ``step``) whose widened intervals reach ``target``
     coverage; None if even MAX_SPREAD does not."""
-    from scipy.stats import norm
+    from vggprune.stats import z_value
 
-    z = float(norm.ppf(0.975))
+    z = z_value(0.95)
     total = sum(len(c.cis) for c in cases)
     for i in range(round(MAX_SPREAD / step) + 1):
         if sum(c.hits_with(i * step, z) for c in cases) >= target * total:

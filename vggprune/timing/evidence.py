@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vggprune.stats import chunk_size, z_value
 from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, measure
 
 ROUND_TARGET_S = 0.004  # rounds this long sit well above timer and scheduler jitter (0.2-0.8 ms forwards)
@@ -34,7 +35,7 @@ MIN_ROUNDS = 6 * BLOCKS  # what a compare needs to see a 25 % change at batch 64
 MAX_ROUNDS = 40 * BLOCKS
 # The within-run interval is about z * 1.2533 * sd / sqrt(n) wide on each side: the median's standard
 # error is 1.2533 times the mean's for a normal sample.
-_Z_MEDIAN = 1.959964 * 1.2533
+_Z_MEDIAN = z_value(0.95) * 1.2533
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def rounds_for(sd: float, pair_s: float, budget_s: float) -> int:
     wanted = math.ceil((_Z_MEDIAN * sd / math.log1p(PRECISION)) ** 2) if sd > 0 else MIN_ROUNDS
     affordable = math.floor(budget_s / pair_s) if pair_s > 0 else MAX_ROUNDS
     n = max(MIN_ROUNDS, min(wanted, affordable, MAX_ROUNDS))
-    return -(-n // BLOCKS) * BLOCKS
+    return chunk_size(n, BLOCKS) * BLOCKS  # whole blocks
 
 
 def size_evidence(base: TimedForward, case: TimedForward, warmup: int, budget_s: float,

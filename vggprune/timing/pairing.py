@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vggprune.stats import chunk_size
 from vggprune.timing.allocator import heap_only
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -131,7 +132,7 @@ class PairedRounds:
         self._base_first = True
         self._times: list[float] = []
         self.refresh = refresh
-        per_block = -(-rounds // max(1, blocks)) if rounds else 0
+        per_block = chunk_size(rounds, blocks) if rounds else 0
         # round indices (warm-up included) at which a block starts on fresh copies, the first one too:
         # the copies the warm-up ran on are shared by every case of the run
         starts = [warmup + k * per_block for k in range(blocks) if k * per_block < (rounds or 0)]

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import torch
 
+from vggprune.stats import chunk_size
 from vggprune.timing.allocator import steady_allocator
 from vggprune.timing.pairing import PairedRounds, TimedForward, make_batch, measure
 
@@ -171,5 +172,5 @@ class Workers:
 def split_rounds(rounds: int, processes: int) -> list[int]:
     """Rounds per process, as vggprune.stats.block_ids will split them back into blocks: equal
     contiguous chunks, the last one shorter, none empty."""
-    per = -(-rounds // max(1, processes))
+    per = chunk_size(rounds, processes)
     return [min(per, rounds - start) for start in range(0, rounds, per)]
