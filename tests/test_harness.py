@@ -87,6 +87,9 @@ def test_quick_run_writes_every_case_with_the_contract_fields(bench):
     json_path = bench.path / "new-dir" / "run.json"  # the directory does not exist yet
     result = bench.runpytest_subprocess("bench", *SMALL_RUN, f"--benchmark-json={json_path}")
     result.assert_outcomes(passed=3 + 6)
+    # what a terminal shows fits 120 columns: pytest-benchmark's table too (the JSON keeps every field)
+    table = [line for line in result.outlines if "inference[" in line or line.startswith("Name (time")]
+    assert table and max(len(line) for line in table) <= 120, max(table, key=len)
     run = json.loads(json_path.read_text())
     assert not list(json_path.parent.glob(".*.tmp"))  # the temporary file was renamed into place
     entries = {b["extra_info"]["case_id"]: b["extra_info"] for b in run["benchmarks"]}
