@@ -111,7 +111,7 @@ def harness(request: pytest.FixtureRequest):
     harness = Harness(request.config._vggprune_settings)
     request.config._vggprune_harness = harness  # for the terminal summary
     yield harness
-    harness.workers.close()  # the timing worker processes, if any were started
+    harness.timing.workers.close()  # the timing worker processes, if any were started
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -44,14 +44,14 @@ def test_inference(benchmark, harness, case):
     if refusal:
         pytest.skip(refusal)
 
-    base, forward = harness.forwards(case)
-    evidence = harness.evidence(case, base, forward)  # warm-up, loops per round, rounds from a pilot
-    paired = harness.pairing(case, base, forward, evidence)
-    harness.start_workers(case, evidence)  # started before any timing: their imports are not in the window
+    base, forward = harness.timing.forwards(case)
+    evidence = harness.timing.evidence(case, base, forward)  # warm-up, loops per round, rounds from a pilot
+    paired = harness.timing.pairing(case, base, forward, evidence)
+    harness.timing.start_workers(case, evidence)  # started before any timing: their imports are not in the window
     with CpuWatch() as watch:
         benchmark.pedantic(forward, setup=paired.setup, teardown=paired.teardown,
                            rounds=paired.rounds, warmup_rounds=0)
-        elsewhere = harness.time_elsewhere(case, evidence)  # the further blocks, each in a worker process
+        elsewhere = harness.timing.time_elsewhere(case, evidence)  # the further blocks, each in a worker process
     seconds = benchmark.stats.stats.data if benchmark.stats else []
     seconds[:] = [s / evidence.loops for s in seconds]  # per batch, as pytest-benchmark's iterations report
     for block_seconds, _ in elsewhere:  # appended after pytest-benchmark's own rounds, in block order

@@ -182,8 +182,8 @@ def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
     harness.store.make = counted_make
     from vggprune.timing.evidence import Evidence
 
-    base, forward = harness.forwards(case)
-    paired = harness.pairing(case, base, forward, Evidence(loops=1, rounds=10, pilot_sd=None))
+    base, forward = harness.timing.forwards(case)
+    paired = harness.timing.pairing(case, base, forward, Evidence(loops=1, rounds=10, pilot_sd=None))
     refresh = paired.refresh
 
     def counted_refresh():

@@ -1,0 +1,119 @@
+"""How one case is timed: its pair of timed callables, loops and rounds, fresh copies per block, and
+the blocks timed in worker processes. The harness gates a case and records it; this plans the timing."""
+
+from __future__ import annotations
+
+import zlib
+
+from vggprune.identity import Case
+from vggprune.runtimes import get_runtime
+from vggprune.settings import RunSettings
+from vggprune.store import ModelStore, PreparedModel
+from vggprune.timing.evidence import Evidence, size_evidence
+from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, make_batch
+from vggprune.timing.workers import Block, Workers, in_turn, model_bytes, split_rounds, timed_pair
+
+
+class TimingPlan:
+    """Times the cases of one run with the models of ``store``; worker processes start on first use."""
+
+    def __init__(self, store: ModelStore, settings: RunSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.profile = settings.profile
+        self.workers = Workers(settings.processes - 1, settings.threads, settings.axes.runtimes)
+
+    def _pair(self, case: Case) -> tuple[PreparedModel, PreparedModel]:
+        """(base, case) models; the base case is paired with a second copy of itself (an A/A check)."""
+        return self.store.base, self.store.base if case.model.is_base else self.store.prepared(case.model)
+
+    def forwards(self, case: Case) -> tuple[TimedForward, TimedForward]:
+        """(base, case) timed callables on the case's device and batch, in the case's runtime."""
+        runtime = get_runtime(case.runtime)
+        batch = make_batch(case.batch_size, self.profile.image_size, case.device,
+                           memory_format=self.settings.memory_format)
+        base, model = (self.store.make(p, runtime, case.device, case.batch_size) for p in self._pair(case))
+        return timed_pair(base, model, batch)
+
+    def processes(self, case: Case, rounds: int) -> int:
+        """How many processes time the case's rounds: this one, then a worker per further block (CPU
+        only, runtimes that allow it; CUDA stays in the process that owns the context)."""
+        if case.device != "cpu" or not get_runtime(case.runtime).in_workers:
+            return 1
+        return len(split_rounds(rounds, self.settings.processes))
+
+    def evidence(self, case: Case, base_forward: TimedForward, case_forward: TimedForward) -> Evidence:
+        """Warm the pair up and size the case's evidence: loops per round, and rounds from a pilot
+        (or ``--latency-rounds`` as given); see vggprune.timing.evidence."""
+        return size_evidence(base_forward, case_forward, warmup=self.profile.latency_warmup,
+                             budget_s=self.profile.latency_budget_s, fixed_rounds=self.settings.fixed_rounds,
+                             seed=self._seed(case))
+
+    def start_workers(self, case: Case, evidence: Evidence) -> None:
+        """Start the timing workers if the case uses them (call before timing: they import torch)."""
+        if self.processes(case, evidence.rounds) > 1:
+            self.workers.start()
+
+    def pairing(self, case: Case, base_forward: TimedForward, case_forward: TimedForward,
+                evidence: Evidence) -> PairedRounds:
+        """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``, for this process's
+        share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
+        Each block of rounds runs on fresh copies of both models (new sessions in ONNX Runtime and
+        OpenVINO; see PairedRounds), each copy made first in every other block (``in_turn``). Each new
+        copy is made before the one it replaces is retired, so it lands elsewhere in memory, and at
+        most three copies are alive. With workers, this process times one block and each worker one more."""
+        runtime = get_runtime(case.runtime)
+        models = self._pair(case)
+        forwards, turns = (base_forward, case_forward), iter(range(self._first_turn(case), 1 << 30))
+
+        def fresh(forward: TimedForward, prepared: PreparedModel):
+            def make():
+                runner = self.store.make(prepared, runtime, case.device, case.batch_size)
+                # a round's worth of untimed calls on new memory: page faults, then caches and kernels warm
+                # (with one call, the first timed round of each block ran 25 % slower)
+                TimedForward(runner, forward.batch).untimed(calls=max(2, forward.loops))
+                return runner
+            return make
+
+        def swap(forward: TimedForward, prepared: PreparedModel):
+            make = fresh(forward, prepared)
+
+            def replace():
+                old, forward.fn = forward.fn, make()  # made while the old copy still holds its addresses
+                self.store.retire([old])
+                return forward.fn
+            return replace
+
+        def refresh() -> None:
+            in_turn([swap(f, p) for f, p in zip(forwards, models)], next(turns))
+
+        processes = self.processes(case, evidence.rounds)
+        here = split_rounds(evidence.rounds, processes)[0]
+        return PairedRounds(base_forward, warmup=0, seed=self._seed(case), rounds=here,  # warmed up by evidence()
+                            refresh=refresh if runtime.fresh_copies else None,
+                            blocks=BLOCKS if processes == 1 else 1)
+
+    def _first_turn(self, case: Case) -> int:
+        """The first block's turn (see ``in_turn``); later blocks, here or in workers, count on from it."""
+        return self._seed(case) % 2
+
+    @staticmethod
+    def _seed(case: Case, block: int = 0) -> int:
+        return zlib.crc32(f"{case.id}#{block}".encode()) if block else zlib.crc32(case.id.encode())
+
+    def time_elsewhere(self, case: Case, evidence: Evidence) -> list[tuple[list[float], list[float]]]:
+        """(case seconds, base seconds) of each further block, each timed in its own worker process."""
+        shares = split_rounds(evidence.rounds, self.processes(case, evidence.rounds))[1:]
+        if not shares:
+            return []
+        runtime = get_runtime(case.runtime)
+        base, prepared = self._pair(case)
+        payloads = model_bytes(base.model), model_bytes(prepared.model)  # for this case only, then freed
+        blocks = [Block(base=payloads[0], case=payloads[1], runtime=case.runtime, device=case.device,
+                        memory_format=self.settings.memory_format, image_size=self.profile.image_size,
+                        batch_size=case.batch_size, base_artifacts=self.store.artifacts(base, runtime),
+                        case_artifacts=self.store.artifacts(prepared, runtime), warmup=self.profile.latency_warmup,
+                        rounds=rounds, seed=self._seed(case, k + 1), turn=self._first_turn(case) + k + 1,
+                        loops=evidence.loops)
+                  for k, rounds in enumerate(shares)]
+        return self.workers.time(blocks)
