@@ -151,4 +151,4 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     if not contended and not noisy:
         tr.write_line("The machine stayed quiet and no case was noisy.", green=True)
     if harness.run_peak_mb:
-        tr.write_line(f"peak memory {harness.run_peak_mb / 1024:.1f} GB (resident, this process and its workers)")
+        tr.write_line(f"peak memory {harness.run_peak_mb / 1024:.1f} GiB (resident, this process and its workers)")
