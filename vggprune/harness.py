@@ -25,13 +25,13 @@ from vggprune.timing.pairing import TimedForward, make_batch
 from vggprune.timing.plan import TimingPlan
 from vggprune.timing.watch import CpuWatch
 
+VERIFY_BATCH = 8  # images in the one random batch runtimes are verified on when there is no data
+
 
 def _ci(correct: str | None) -> list[float] | None:
     interval = correct_interval(correct)
     return None if interval is None else [round(interval[0], 6), round(interval[1], 6)]
 
-
-VERIFY_BATCH = 8  # images in the one random batch runtimes are verified on when there is no data
 
 class Harness:
     def __init__(self, settings: RunSettings, pipeline=None) -> None:
@@ -89,7 +89,7 @@ class Harness:
         return self.pipeline.data().test
 
     def _verification_batch_size(self) -> int:
-        return VERIFY_BATCH if self.pipeline.data_missing_reason else self.pipeline.data().eval_batch_size
+        return VERIFY_BATCH if self.pipeline.data_missing_reason else self.profile.eval_batch_size
 
     def verify_runtime(self, prepared: PreparedModel, runtime: str, device: str):
         """The runtime's outputs against eager PyTorch on the test split, once per model, runtime and

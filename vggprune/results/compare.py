@@ -193,6 +193,13 @@ def _accuracy(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> Verdict:
     return Verdict("top-1", verdict, detail, advisory, 100 * change, None, None, p)
 
 
+def medians(metric: str, before: float, after: float) -> str:
+    """The two runs' medians of a latency metric: speed-ups as ``1.95 → 1.56``, p50s as ``4.1 → 5.2 ms``."""
+    if metric == "speedup":
+        return f"{before:.2f} → {after:.2f}"
+    return f"{before:.3g} → {after:.3g} ms"
+
+
 @dataclass(frozen=True)
 class LatencyTest:
     """One case's latency change, tested but not yet judged: judging needs every case's p-value."""
@@ -211,7 +218,7 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Ver
             return Verdict("latency", NOT_COMPARED, "no paired rounds (stats.data and base_times_s) in both runs")
         before, after = log_ratios(b.base_times_s, b.times_s), log_ratios(c.base_times_s, c.times_s)
         figures = math.exp(float(np.median(before))), math.exp(float(np.median(after)))
-        what = f"speed-up {figures[0]:.2f} → {figures[1]:.2f}"
+        what = f"speed-up {medians(tol.latency_metric, *figures)}"
         advisory = None
         if not tol.gate_across_machines and not _same_machine(b, c):
             advisory = "different machines"
@@ -226,7 +233,7 @@ def _latency(b: CaseRecord, c: CaseRecord, tol: Tolerances) -> LatencyTest | Ver
         # Faster = positive, as for speed-ups: compare minus log-times.
         before, after = -np.log(b.times_s), -np.log(c.times_s)
         figures = 1e3 * float(np.median(b.times_s)), 1e3 * float(np.median(c.times_s))
-        what = f"p50 {figures[0]:.3g} → {figures[1]:.3g} ms"
+        what = f"p50 {medians(tol.latency_metric, *figures)}"
         advisory, spread = None, 0.0  # run_spread was calibrated on speed-ups, not on absolute times
     return LatencyTest(what, *figures, advisory, change_test(before, after, b.blocks, c.blocks, run_spread=spread))
 
@@ -344,9 +351,7 @@ def render_comparison(cmp: Comparison, fmt: str = "github") -> str:
         lat = m.verdict("latency")
         speedups = ""
         if lat is not None and lat.before is not None:
-            unit = "" if cmp.tolerances.latency_metric == "speedup" else " ms"
-            digits = ".2f" if cmp.tolerances.latency_metric == "speedup" else ".3g"
-            speedups = f"{lat.before:{digits}} → {lat.after:{digits}}{unit}"
+            speedups = medians(cmp.tolerances.latency_metric, lat.before, lat.after)
         rows.append([m.case_id, _cell(m.verdict("sizes")), _cell(m.verdict("top-1")), speedups, _cell(lat)])
     headers = ["case", "params/MACs", "top-1 Δ", f"{cmp.tolerances.latency_metric} before → after",
                "latency change (95 % CI)"]

@@ -132,6 +132,16 @@ def _batch_panels(rows: Sequence[Row]) -> tuple[Figure, dict]:
     return fig, dict(zip(batch_sizes, fig.subplots(1, len(batch_sizes), squeeze=False)[0]))
 
 
+def _panels_on(rows: Sequence[Row], device: str, field: str) -> tuple[Figure, list] | None:
+    """The rows measured on ``device`` (``field`` not None) in a figure of one panel per batch size:
+    (figure, [(batch size, axes, that size's rows)]), or None when there are none."""
+    drows = [r for r in rows if r["device_label"] == device and r[field] is not None]
+    if not drows:
+        return None
+    fig, panels = _batch_panels(drows)
+    return fig, [(bs, ax, [r for r in drows if r["batch_size"] == bs]) for bs, ax in panels.items()]
+
+
 def _finish_panels(fig: Figure, title: str, path: Path, handles: list | None = None, ax=None) -> Path:
     """One legend to the right (``handles``, else the last panel's), the title, then the PNG."""
     if handles is None:
@@ -154,13 +164,12 @@ def _iqr_bars(rs: Sequence[Row]) -> list[list[float]]:
 def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
     """p50 latency per batch against parameter count on one device, one panel per batch size;
     the bar spans the interquartile range of the case's rounds."""
-    drows = [r for r in rows if r["device_label"] == device and r["latency_p50_ms"] is not None]
-    if not drows:
+    made = _panels_on(rows, device, "latency_p50_ms")
+    if made is None:
         return None
+    fig, panels = made
     looks = _looks(rows)
-    fig, panels = _batch_panels(drows)
-    for bs, ax in panels.items():
-        brows = [r for r in drows if r["batch_size"] == bs]
+    for bs, ax, brows in panels:
         base = [r for r in brows if r["method"] == BASE_METHOD][:1]
         for name, rs in _series(brows).items():
             rs = base + rs
@@ -181,13 +190,12 @@ def plot_latency(rows: Sequence[Row], device: str, title: str, path: Path) -> Pa
 def plot_speedup(rows: Sequence[Row], device: str, title: str, path: Path) -> Path | None:
     """Measured speed-up (median of paired rounds, bar = its 95 % CI) against the theoretical one
     (base MACs / case MACs), one panel per batch size; the dashed diagonal is "MACs turned into time"."""
-    drows = [r for r in rows if r["device_label"] == device and r["measured_speedup"] is not None]
-    if not drows:
+    made = _panels_on(rows, device, "measured_speedup")
+    if made is None:
         return None
+    fig, panels = made
     looks = _looks(rows)
-    fig, panels = _batch_panels(drows)
-    for bs, ax in panels.items():
-        brows = [r for r in drows if r["batch_size"] == bs]
+    for bs, ax, brows in panels:
         top = max(max(r["theoretical_speedup"] for r in brows), max((r["measured_speedup_ci"] or [0, 0])[1]
                                                                     for r in brows))
         ax.plot([1, top], [1, top], color="gray", linestyle="--", linewidth=1, label="theoretical (MACs)")

@@ -32,6 +32,7 @@ from vggprune.runtimes.base import (
     dir_size,
     model_fingerprint,
 )
+from vggprune.timing.allocator import libc_function
 
 ONNX_FILE = "model.onnx"
 INPUT, OUTPUT = "input", "logits"
@@ -89,20 +90,12 @@ class _StackT(ctypes.Structure):
 
 def signal_stack() -> tuple[int, int, int] | None:
     """The calling thread's alternate signal stack (address, flags, size); None where libc has none."""
-    libc = _libc()
-    if libc is None:
+    sigaltstack = libc_function("sigaltstack")
+    if sigaltstack is None:
         return None
     st = _StackT()
-    libc.sigaltstack(None, ctypes.byref(st))
+    sigaltstack(None, ctypes.byref(st))
     return st.ss_sp or 0, st.ss_flags, st.ss_size
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "sigaltstack") else None
-    except OSError:  # no C library to ask (Windows)
-        return None
 
 
 @contextlib.contextmanager
@@ -114,14 +107,14 @@ def keep_signal_stack():
     unmapped, and the next signal with a Python handler (a DataLoader worker's SIGCHLD) kills the
     process with SIGSEGV. Restored after every compile, the stack every session saves is the original.
     """
-    libc, saved = _libc(), _StackT()
-    if libc is not None:
-        libc.sigaltstack(None, ctypes.byref(saved))
+    sigaltstack, saved = libc_function("sigaltstack"), _StackT()
+    if sigaltstack is not None:
+        sigaltstack(None, ctypes.byref(saved))
     try:
         yield
     finally:
-        if libc is not None:
-            libc.sigaltstack(ctypes.byref(saved), None)
+        if sigaltstack is not None:
+            sigaltstack(ctypes.byref(saved), None)
 
 
 def _to_numpy(batch: torch.Tensor):
@@ -133,6 +126,7 @@ class OrtRuntime(Runtime):
 
     name = "onnxruntime"
     modules = ("onnxruntime",)
+    has_parts = True  # ONNX Runtime's profiler times each node
 
     def unavailable(self, device: str) -> str | None:
         missing = _missing("onnxruntime", "onnx", "onnxscript")
@@ -148,8 +142,6 @@ class OrtRuntime(Runtime):
                 return ("onnxruntime has no CUDA provider here: pip uninstall onnxruntime && "
                         "pip install onnxruntime-gpu (matching your CUDA version)")
         return None
-
-    has_parts = True
 
     def part_clock(self, model, batch, workdir):
         from vggprune.timing.breakdown import OnnxClock

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 
 @functools.cache
-def _glibc(function: str) -> Callable[..., int] | None:
-    """A glibc allocator function, or None where there is none (musl, macOS, Windows)."""
+def libc_function(function: str) -> Callable[..., int] | None:
+    """A function of the C library (glibc), or None where there is none (musl, macOS, Windows)."""
     import ctypes
     import ctypes.util
 
@@ -21,13 +21,13 @@ def _glibc(function: str) -> Callable[..., int] | None:
 
 
 def _mallopt() -> Callable[[int, int], int] | None:
-    return _glibc("mallopt")
+    return libc_function("mallopt")
 
 
 def release_free_memory() -> None:
     """Give the heap's free memory back to the OS (``malloc_trim``), between cases: the pinned trim
     threshold keeps up to 512 MB of it otherwise, which a run of the seed model cannot spare."""
-    trim = _glibc("malloc_trim")
+    trim = libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 

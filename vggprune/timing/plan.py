@@ -66,22 +66,15 @@ class TimingPlan:
         models = self._pair(case)
         forwards, turns = (base_forward, case_forward), iter(range(self._first_turn(case), 1 << 30))
 
-        def fresh(forward: TimedForward, prepared: PreparedModel):
-            def make():
-                runner = self.store.make(prepared, runtime, case.device, case.batch_size)
-                # a round's worth of untimed calls on new memory: page faults, then caches and kernels warm
-                # (with one call, the first timed round of each block ran 25 % slower)
-                TimedForward(runner, forward.batch).untimed(calls=max(2, forward.loops))
-                return runner
-            return make
-
         def swap(forward: TimedForward, prepared: PreparedModel):
-            make = fresh(forward, prepared)
-
             def replace():
-                old, forward.fn = forward.fn, make()  # made while the old copy still holds its addresses
+                runner = self.store.make(prepared, runtime, case.device, case.batch_size)  # the old copy still
+                # holds its addresses; a round's worth of untimed calls on new memory: page faults, then
+                # caches and kernels warm (with one call, the first timed round of each block ran 25 % slower)
+                TimedForward(runner, forward.batch).untimed(calls=max(2, forward.loops))
+                old, forward.fn = forward.fn, runner
                 self.store.retire([old])
-                return forward.fn
+                return runner
             return replace
 
         def refresh() -> None:
