@@ -203,3 +203,27 @@ def test_unknown_model_and_foreign_model():
     with pytest.raises(ValueError, match="expected a vggprune VGG11.*got VGG"):
         prune(vgg11_bn(weights=None), 0.1)
     assert issubclass(UserError, ValueError)
+
+
+def test_counting_matches_the_counter_on_the_weights_and_leaves_no_copy_behind(small_model):
+    """torch-pruning's counter deep-copies what it counts into a reference cycle; counting the spec's
+    weightless twin gives its figures on the real model and leaves no copy of the weights for gc to find."""
+    import gc
+
+    import torch_pruning as tp
+
+    from vggprune.counting import count_params_macs
+
+    model = prune(small_model, 0.5, method="by-hand", scope="all")
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, 32, 32))
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        counted = count_params_macs(model)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, torch.Tensor) and o.device.type != "meta"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert counted == (int(params), int(macs))
+    assert left == []

@@ -94,10 +94,14 @@ class ModelStore:
         res = self.pipeline.base(shared=True) if key.is_base else self.pipeline.case(key)
         model = res.model.eval()
         params, macs = count_params_macs(model, self.image_size)
-        return PreparedModel(key, model, params, macs, res.top1, res.top5, res.reason, correct=res.correct,
-                             top1_before_finetune=res.top1_before_finetune,
-                             correct_before_finetune=res.correct_before_finetune, from_cache=res.from_cache,
-                             info=dict(res.info))
+        prepared = PreparedModel(key, model, params, macs, res.top1, res.top5, res.reason, correct=res.correct,
+                                 top1_before_finetune=res.top1_before_finetune,
+                                 correct_before_finetune=res.correct_before_finetune, from_cache=res.from_cache,
+                                 info=dict(res.info))
+        # Building a model (loading it, pruning a copy of the base) leaves its scratch as free heap, 0.3-0.5 GB
+        # for the seed model, which the pinned trim threshold would otherwise keep through the case's peak.
+        release_free_memory()
+        return prepared
 
     # timed copies -------------------------------------------------------------------------------
     def artifacts(self, prepared: PreparedModel, runtime: Runtime) -> Path | None:
