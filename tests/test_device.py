@@ -4,6 +4,7 @@ starts, copies left alive, TF32 passing for float32, and a provider that silentl
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +254,49 @@ def test_gpu_memory_check_uses_what_the_device_has_free(monkeypatch, tmp_path):
     need = store.estimate_bytes(case)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need // 2, 16 * 2**30))
     assert "GPU memory free" in store.refusal(case)
+
+
+def _mapping(address: int) -> tuple[str, int, int]:
+    """(file, resident kB, size kB) of this process's mapping that holds ``address``."""
+    found, path, size = False, "", 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                found, path, size = lo <= address < hi, head[5] if len(head) > 5 else "", (hi - lo) // 1024
+            elif found and head[0] == "Rss:":
+                return path, int(head[1]), size
+    raise LookupError(hex(address))
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_a_case_in_a_runtime_of_exported_files_leaves_the_trained_weights_on_disk(tmp_path):
+    """Before an ONNX Runtime or OpenVINO case, the store's models are mapped from a saved copy and not
+    read: the same weights and fingerprint, none of the large tensors resident. Eager cases keep them."""
+    from vggprune.runtimes import get_runtime
+    from vggprune.store import ModelStore
+    from vggprune.timing.pairing import make_batch
+
+    store = ModelStore(Pipeline(tiny_profile(), cache_dir=tmp_path, progress=False), 32, "contiguous")
+    model = store.base.model
+    weights, digest = {k: v.clone() for k, v in model.state_dict().items()}, store.base.weights_sha256
+    x = make_batch(4, 32, "cpu")
+    with torch.inference_mode():
+        logits = model(x)
+    store.page_out(get_runtime("eager"))
+    assert not _mapping(model.fc_layers()[0].weight.data_ptr())[0].startswith("/")  # held in memory, not mapped
+
+    store.page_out(get_runtime("onnxruntime"))
+    state = model.state_dict()
+    large = [t for t in state.values() if t.numel() * t.element_size() >= 256 * 1024]
+    assert large
+    for t in large:  # looked at before anything reads them
+        path, resident_kb, _ = _mapping(t.data_ptr())
+        assert path.endswith("mapped/model.pt")
+        assert resident_kb * 1024 < t.numel() * t.element_size() / 4
+    assert store.base.weights_sha256 == digest  # remembered, not re-read
+    assert all(t.numel() * t.element_size() > _mapping(t.data_ptr())[1] * 1024 * 4 for t in large)
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+    with torch.inference_mode():
+        assert torch.equal(model(x), logits)

@@ -22,7 +22,7 @@ from vggprune.counting import count_params_macs
 from vggprune.identity import BASE, Case, ModelKey
 from vggprune.limits import available_memory, inference_bytes_per_image
 from vggprune.models import VGG11_CFG
-from vggprune.runtimes.base import Runner, Runtime, model_fingerprint, state_bytes
+from vggprune.runtimes.base import Runner, Runtime, map_weights, model_fingerprint, state_bytes
 from vggprune.timing.allocator import release_free_memory
 from vggprune.timing.pairing import make_batch
 
@@ -119,6 +119,18 @@ class ModelStore:
         self._case.append(runner)
         LIVE.add(runner)
         return runner
+
+    def page_out(self, runtime: Runtime) -> None:
+        """Before a case in a runtime that makes its copies from exported files: the trained models'
+        weights are mapped from disk, not held, so the case's peak holds only what it times (see
+        :func:`vggprune.runtimes.base.map_weights`). Nothing to do without an export cache."""
+        if runtime.reads_module:
+            return
+        for prepared in {id(p): p for p in (self._base, self._current) if p is not None}.values():
+            directory = self.pipeline.export_dir(prepared.key)
+            if directory is not None:
+                map_weights(prepared.model, directory)
+        release_free_memory()
 
     def retire(self, runners: list) -> None:
         """Stop holding ``runners`` (an earlier generation): freed once their last user lets go."""

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from vggprune.cache import is_private
+from vggprune.cache import is_private, published_dir
 from vggprune.timing.pairing import MEMORY_FORMATS
 
 DEPLOY_HINT = "pip install -e '.[deploy]'"
+STATE_FILE = "model.pt"
 
 
 class Runner:
@@ -73,6 +74,7 @@ class Runtime:
     fresh_copies = True  # each block of rounds on new copies; False where a copy costs a compile
     in_workers = True  # may time blocks in worker processes (a compiled model would compile again in each)
     exports = True  # writes files of its own to the export cache (False: ships the cached checkpoint)
+    reads_module = True  # a copy is made from the module's weights (False: from files exported once)
     has_parts = False  # can time a forward part by part (:meth:`part_clock`, ``vggprune breakdown``)
 
     def unavailable(self, device: str) -> str | None:
@@ -142,7 +144,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     a stale export it would reuse still fails the runtime's check against eager PyTorch.
     """
     state = model.state_dict()
-    signature = tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in state.items())
+    signature = _signature(state)
     known = _FINGERPRINTS.get(model)
     if known is not None and known[0] == signature:
         return known[1]
@@ -153,6 +155,37 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
     _FINGERPRINTS[model] = (signature, h.hexdigest())
     return h.hexdigest()
+
+
+def _signature(state: dict[str, torch.Tensor]) -> tuple:
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in state.items())
+
+
+def state_file(model: torch.nn.Module, artifact_dir: Path, subdir: str, payload) -> tuple[list[Path], bool]:
+    """Save ``payload()`` as ``artifact_dir/subdir/model.pt`` once per set of ``model``'s weights."""
+    meta = {"kind": subdir, "fingerprint": model_fingerprint(model), "torch": torch.__version__}
+
+    def build(tmp: Path) -> None:
+        with open(tmp / STATE_FILE, "wb") as f:  # through Python's file: a full disk is an OSError, not a torch error
+            torch.save(payload(), f)
+
+    final, reused = published_dir(artifact_dir / subdir, meta, build)
+    return [final / STATE_FILE], reused
+
+
+def map_weights(model: torch.nn.Module, artifact_dir: Path) -> None:
+    """Back ``model``'s weights by a fresh file mapping of their saved copy (written once in
+    ``artifact_dir/mapped``): the same values, none of them resident until something reads them.
+
+    For a case whose runtime runs exported files, the trained model in the store is read by nothing,
+    and its 0.3-0.5 GB (seed model) would otherwise count in the case's peak. Mapped anew each time:
+    pages an earlier case read stay resident as long as their mapping lives. Its fingerprint is kept,
+    so nothing re-reads the weights to hash them.
+    """
+    digest = model_fingerprint(model)
+    files, _ = state_file(model, artifact_dir, "mapped", model.state_dict)
+    model.load_state_dict(torch.load(files[0], mmap=True, weights_only=True, map_location="cpu"), assign=True)
+    _FINGERPRINTS[model] = (_signature(model.state_dict()), digest)
 
 
 def state_bytes(model: torch.nn.Module) -> int:

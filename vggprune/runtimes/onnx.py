@@ -126,6 +126,7 @@ class OrtRuntime(Runtime):
 
     name = "onnxruntime"
     modules = ("onnxruntime",)
+    reads_module = False
     has_parts = True  # ONNX Runtime's profiler times each node
 
     def unavailable(self, device: str) -> str | None:
@@ -258,6 +259,7 @@ class OpenVINORuntime(Runtime):
     name = "openvino"
     devices = ("cpu",)
     modules = ("openvino",)
+    reads_module = False
 
     def unavailable(self, device: str) -> str | None:
         if device != "cpu":  # said first: installing openvino would not help

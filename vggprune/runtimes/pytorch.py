@@ -15,11 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vggprune.cache import published_dir
-from vggprune.runtimes.base import Runner, Runtime, dir_size, model_fingerprint, state_bytes
+from vggprune.runtimes.base import Runner, Runtime, dir_size, state_bytes, state_file
 from vggprune.timing.pairing import MEMORY_FORMATS, prepare_for_inference
 
-STATE_FILE = "model.pt"
 RECOMPILE_LIMIT = 64
 
 
@@ -38,18 +36,6 @@ def fuse_bn(model: nn.Module) -> nn.Module:
                 seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
                 seq[i + 1] = nn.Identity()
     return fused
-
-
-def _state_file(model: nn.Module, artifact_dir: Path, subdir: str, payload) -> tuple[list[Path], bool]:
-    """Save ``payload`` as ``artifact_dir/subdir/model.pt`` once per set of weights."""
-    meta = {"kind": subdir, "fingerprint": model_fingerprint(model), "torch": torch.__version__}
-
-    def build(tmp: Path) -> None:
-        with open(tmp / STATE_FILE, "wb") as f:  # through Python's file: a full disk is an OSError, not a torch error
-            torch.save(payload(), f)
-
-    final, reused = published_dir(artifact_dir / subdir, meta, build)
-    return [final / STATE_FILE], reused
 
 
 class _TorchRuntime(Runtime):
@@ -109,7 +95,7 @@ class FusedRuntime(_TorchRuntime):
     def _files(self, model, module, artifact_dir):
         # Keyed by the unfused weights; the spec rides along so the widths are known at load time.
         spec = model.spec.to_dict() if hasattr(model, "spec") else None
-        return _state_file(model, artifact_dir, "fused",
+        return state_file(model, artifact_dir, "fused",
                            lambda: {"format": "vggprune-fused/1", "spec": spec, "state_dict": module.state_dict()})
 
 

@@ -30,6 +30,7 @@ class TimingPlan:
     def forwards(self, case: Case) -> tuple[TimedForward, TimedForward]:
         """(base, case) timed callables on the case's device and batch, in the case's runtime."""
         runtime = get_runtime(case.runtime)
+        self.store.page_out(runtime)  # after the outputs were verified against eager, which reads the models
         batch = make_batch(case.batch_size, self.profile.image_size, case.device,
                            memory_format=self.settings.memory_format)
         base, model = (self.store.make(p, runtime, case.device, case.batch_size) for p in self._pair(case))
