@@ -300,3 +300,38 @@ def test_a_case_in_a_runtime_of_exported_files_leaves_the_trained_weights_on_dis
     assert all(torch.equal(state[k], weights[k]) for k in weights)
     with torch.inference_mode():
         assert torch.equal(model(x), logits)
+
+
+def test_a_runtime_slow_to_settle_runs_its_new_pair_in_turn_before_a_block_is_timed(trained_cache, monkeypatch):
+    """ONNX Runtime's new sessions run their first paired rounds slower however long each was warmed alone,
+    so after a block's fresh copies the pair runs ``settle_rounds`` untimed rounds in turn, a round's loops each."""
+    import dataclasses
+
+    from vggprune.harness import Harness
+    from vggprune.runtimes.pytorch import EagerRuntime
+    from vggprune.settings import resolve_settings
+    from vggprune.timing.evidence import Evidence
+    from vggprune.timing.pairing import TimedForward
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    settings = resolve_settings({"devices": "cpu", "threads": "1", "latency_rounds": "10"}, False)
+    settings = dataclasses.replace(settings, thresholds_file=bench / "thresholds.json",
+                                   expected_params_file=bench / "expected_params.json")
+    harness = Harness(settings, pipeline=Pipeline(tiny_profile(), cache_dir=trained_cache, progress=False))
+    monkeypatch.setattr(EagerRuntime, "settle_rounds", 3)
+    log, untimed = [], TimedForward.untimed
+
+    def logged(self, calls: int = 1):
+        log.append((self, calls))
+        return untimed(self, calls)
+
+    monkeypatch.setattr(TimedForward, "untimed", logged)
+    case = Case("quick", model_key("by-hand", "conv", 0.5), "cpu", 2)
+    base, forward = harness.timing.forwards(case)
+    base.loops = forward.loops = 4  # as the case's evidence sized them
+    paired = harness.timing.pairing(case, base, forward, Evidence(loops=4, rounds=10, pilot_sd=None))
+    log.clear()
+    paired.refresh()
+    settled = [(f, n) for f, n in log if f in (base, forward)]
+    assert settled == [(base, 4), (forward, 4), (forward, 4), (base, 4), (base, 4), (forward, 4)]
+    harness.end_case()

@@ -73,6 +73,9 @@ class Runtime:
     reference = False  # True for the runtime every other one is verified against
     fresh_copies = True  # each block of rounds on new copies; False where a copy costs a compile
     in_workers = True  # may time blocks in worker processes (a compiled model would compile again in each)
+    # Untimed paired rounds after a block's fresh copies: without one, the first timed round of each block
+    # ran 2-7 % slower than the rest (eager, fused, OpenVINO; 72 cases, quick profile, docs/measuring.md).
+    settle_rounds = 1
     exports = True  # writes files of its own to the export cache (False: ships the cached checkpoint)
     reads_module = True  # a copy is made from the module's weights (False: from files exported once)
     has_parts = False  # can time a forward part by part (:meth:`part_clock`, ``vggprune breakdown``)

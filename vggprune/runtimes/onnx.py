@@ -128,6 +128,10 @@ class OrtRuntime(Runtime):
     modules = ("onnxruntime",)
     reads_module = False
     has_parts = True  # ONNX Runtime's profiler times each node
+    # Two new sessions run alternately take 3-4 paired rounds to settle, however long each was warmed
+    # alone (quick model, batch 1: 410-440 µs, then 325-345; warmed in pairs, 340-385 from the first;
+    # after 3 untimed rounds the first timed one still read 13 % slow).
+    settle_rounds = 4
 
     def unavailable(self, device: str) -> str | None:
         missing = _missing("onnxruntime", "onnx", "onnxscript")

@@ -80,6 +80,9 @@ class TimingPlan:
 
         def refresh() -> None:
             in_turn([swap(f, p) for f, p in zip(forwards, models)], next(turns))
+            for k in range(runtime.settle_rounds):  # the new pair run in turn, as the timed rounds run them
+                for forward in forwards[k % 2:] + forwards[:k % 2]:
+                    forward.untimed(calls=forward.loops)
 
         processes = self.processes(case, evidence.rounds)
         here = split_rounds(evidence.rounds, processes)[0]
