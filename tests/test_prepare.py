@@ -119,6 +119,7 @@ def with_base(serial_cache: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow  # a local Ray cluster takes about 25 s to start
 def test_ray_preparation_has_the_serial_weights_and_says_where_it_trained(serial_cache, ray_cache):
     serial, on_ray = digests(serial_cache), digests(ray_cache)
     assert sorted(on_ray) == [BASE, BY_HAND, TORCH_PRUNING]
@@ -129,6 +130,7 @@ def test_ray_preparation_has_the_serial_weights_and_says_where_it_trained(serial
     assert (ray_cache / "exports" / BASE / "fused" / "model.pt").is_file()
 
 
+@pytest.mark.slow  # a local Ray cluster takes about 25 s to start
 def test_a_harness_run_after_prepare_loads_every_model(ray_cache, pytester, monkeypatch):
     shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
     shutil.copytree(REPO / "bench", pytester.path / "bench", ignore=shutil.ignore_patterns("__pycache__"))
@@ -155,6 +157,7 @@ def test_a_harness_run_after_prepare_loads_every_model(ray_cache, pytester, monk
     assert export.stat().st_mtime_ns == exported_at  # the export was reused, not rebuilt
 
 
+@pytest.mark.slow  # a local Ray cluster takes about 25 s to start
 def test_a_killed_worker_is_retried_and_nothing_partial_is_cached(ray_cluster, serial_cache, tmp_path):
     from vggprune.prepare import prepare
 
