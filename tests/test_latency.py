@@ -216,7 +216,7 @@ def test_paired_rounds_run_each_block_on_fresh_models():
     paired = PairedRounds(lambda: events.append("base"), warmup=2, seed=1, clock=clock, rounds=9,
                           refresh=lambda: events.append("refresh"), blocks=3)
     measure(lambda: events.append("case"), rounds=9, warmup=2, clock=clock, paired=paired)
-    # 2 warm-up rounds, then 3 blocks of 3 timed rounds, each block on fresh copies
+    # 2 warm-up rounds, then 3 blocks of 3 timed rounds, each block after the first on fresh copies
     rounds, current = [], []
     for e in events:
         if e == "refresh":
@@ -226,7 +226,7 @@ def test_paired_rounds_run_each_block_on_fresh_models():
         if len(current) == 2:
             rounds.append("round")
             current = []
-    assert rounds == ["round"] * 2 + (["refresh"] + ["round"] * 3) * 3
+    assert rounds == ["round"] * 2 + ["round"] * 3 + (["refresh"] + ["round"] * 3) * 2
     assert len(paired.times()) == 9 and paired.blocks == 3
     # the blocks are the contiguous chunks the statistics split the rounds into
     assert block_ids(9, paired.blocks).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -133,11 +133,12 @@ class PairedRounds:
         self._times: list[float] = []
         self.refresh = refresh
         per_block = chunk_size(rounds, blocks) if rounds else 0
-        # round indices (warm-up included) at which a block starts on fresh copies, the first one too:
-        # the copies the warm-up ran on are shared by every case of the run
+        # round indices (warm-up included) at which a block after the first starts on fresh copies; the
+        # first block runs on the copies the caller made for this case, which the warm-up ran
         starts = [warmup + k * per_block for k in range(blocks) if k * per_block < (rounds or 0)]
-        self._block_starts = set(starts) if refresh and per_block else set()
-        self.blocks = len(self._block_starts) or 1  # contiguous chunks, as vggprune.stats.block_ids splits them
+        self._block_starts = set(starts[1:]) if refresh and per_block else set()
+        # contiguous chunks, as vggprune.stats.block_ids splits them
+        self.blocks = len(starts) if refresh and per_block else 1
 
     def _time_base(self) -> None:
         t0 = self.clock()

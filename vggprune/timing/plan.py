@@ -28,12 +28,17 @@ class TimingPlan:
         return self.store.base, self.store.base if case.model.is_base else self.store.prepared(case.model)
 
     def forwards(self, case: Case) -> tuple[TimedForward, TimedForward]:
-        """(base, case) timed callables on the case's device and batch, in the case's runtime."""
+        """(base, case) timed callables on the case's device and batch, in the case's runtime: new copies,
+        made in the first block's turn (see ``in_turn``), which warm-up, pilot and the first block run on."""
         runtime = get_runtime(case.runtime)
         self.store.page_out(runtime)  # after the outputs were verified against eager, which reads the models
         batch = make_batch(case.batch_size, self.profile.image_size, case.device,
                            memory_format=self.settings.memory_format)
-        base, model = (self.store.make(p, runtime, case.device, case.batch_size) for p in self._pair(case))
+
+        def maker(prepared: PreparedModel):
+            return lambda: self.store.make(prepared, runtime, case.device, case.batch_size)
+
+        base, model = in_turn([maker(p) for p in self._pair(case)], self._first_turn(case))
         return timed_pair(base, model, batch)
 
     def processes(self, case: Case, rounds: int) -> int:
@@ -59,13 +64,14 @@ class TimingPlan:
                 evidence: Evidence) -> PairedRounds:
         """The base's rounds for ``benchmark.pedantic(setup=..., teardown=...)``, for this process's
         share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
-        Each block of rounds runs on fresh copies of both models (new sessions in ONNX Runtime and
-        OpenVINO; see PairedRounds), each copy made first in every other block (``in_turn``). Each new
+        The first block runs on the pair :meth:`forwards` made, each later one on fresh copies of both
+        models (new sessions in ONNX Runtime and OpenVINO; see PairedRounds), each copy made first in
+        every other block (``in_turn``). Each new
         copy is made before the one it replaces is retired, so it lands elsewhere in memory, and at
         most three copies are alive. With workers, this process times one block and each worker one more."""
         runtime = get_runtime(case.runtime)
         models = self._pair(case)
-        forwards, turns = (base_forward, case_forward), iter(range(self._first_turn(case), 1 << 30))
+        forwards, turns = (base_forward, case_forward), iter(range(self._first_turn(case) + 1, 1 << 30))
 
         def swap(forward: TimedForward, prepared: PreparedModel):
             def replace():
