@@ -198,6 +198,20 @@ def _peak_copies_while_timed(harness, case: Case) -> tuple[int, list[int]]:
     return max(counts), between
 
 
+def _tiny_harness(cache):
+    """A CPU harness, one thread, 10 rounds, on the tiny profile and the repository's gate files."""
+    import dataclasses
+
+    from vggprune.harness import Harness
+    from vggprune.settings import resolve_settings
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    settings = resolve_settings({"devices": "cpu", "threads": "1", "latency_rounds": "10"}, False)
+    settings = dataclasses.replace(settings, thresholds_file=bench / "thresholds.json",
+                                   expected_params_file=bench / "expected_params.json")
+    return Harness(settings, pipeline=Pipeline(tiny_profile(), cache_dir=cache, progress=False))
+
+
 @pytest.fixture(scope="module")
 def trained_cache(tmp_path_factory):
     """One checkpoint cache for the copy-count cases: the tiny base and its pruned case train once."""
@@ -208,17 +222,7 @@ def trained_cache(tmp_path_factory):
 def test_a_case_holds_at_most_two_generations_of_its_pair_and_frees_them_when_it_ends(runtime, trained_cache):
     """Each block of rounds swaps in fresh copies; earlier ones must not pile up (5 blocks once held
     10 copies of a 532 MB model at once), and nothing a case made may outlive it."""
-    import dataclasses
-    from pathlib import Path
-
-    from vggprune.harness import Harness
-    from vggprune.settings import resolve_settings
-
-    bench = Path(__file__).resolve().parent.parent / "bench"
-    settings = resolve_settings({"devices": "cpu", "threads": "1", "latency_rounds": "10"}, False)
-    settings = dataclasses.replace(settings, thresholds_file=bench / "thresholds.json",
-                                   expected_params_file=bench / "expected_params.json")
-    harness = Harness(settings, pipeline=Pipeline(tiny_profile(), cache_dir=trained_cache, progress=False))
+    harness = _tiny_harness(trained_cache)
     for key in (BASE, model_key("by-hand", "conv", 0.5)):
         harness.prepared(key)  # the base and the pruned model, as trained, stay on CPU
         trained = _live_vgg_copies()
@@ -295,7 +299,7 @@ def test_a_case_in_a_runtime_of_exported_files_leaves_the_trained_weights_on_dis
         path, resident_kb, _ = _mapping(t.data_ptr())
         assert path.endswith("mapped/model.pt")
         assert resident_kb * 1024 < t.numel() * t.element_size() / 4
-    assert store.base.weights_sha256 == digest  # remembered, not re-read
+    assert store.base.weights_sha256 == digest  # remembered, not re-read: still not resident
     assert all(t.numel() * t.element_size() > _mapping(t.data_ptr())[1] * 1024 * 4 for t in large)
     assert all(torch.equal(state[k], weights[k]) for k in weights)
     with torch.inference_mode():
@@ -305,19 +309,11 @@ def test_a_case_in_a_runtime_of_exported_files_leaves_the_trained_weights_on_dis
 def test_a_runtime_slow_to_settle_runs_its_new_pair_in_turn_before_a_block_is_timed(trained_cache, monkeypatch):
     """ONNX Runtime's new sessions run their first paired rounds slower however long each was warmed alone,
     so after a block's fresh copies the pair runs ``settle_rounds`` untimed rounds in turn, a round's loops each."""
-    import dataclasses
-
-    from vggprune.harness import Harness
     from vggprune.runtimes.pytorch import EagerRuntime
-    from vggprune.settings import resolve_settings
     from vggprune.timing.evidence import Evidence
     from vggprune.timing.pairing import TimedForward
 
-    bench = Path(__file__).resolve().parent.parent / "bench"
-    settings = resolve_settings({"devices": "cpu", "threads": "1", "latency_rounds": "10"}, False)
-    settings = dataclasses.replace(settings, thresholds_file=bench / "thresholds.json",
-                                   expected_params_file=bench / "expected_params.json")
-    harness = Harness(settings, pipeline=Pipeline(tiny_profile(), cache_dir=trained_cache, progress=False))
+    harness = _tiny_harness(trained_cache)
     monkeypatch.setattr(EagerRuntime, "settle_rounds", 3)
     log, untimed = [], TimedForward.untimed
 

@@ -36,6 +36,7 @@ def chunk_size(n: int, chunks: int) -> int:
     """Items per chunk when ``n`` items are cut into ``chunks`` contiguous, equal chunks (the last shorter)."""
     return max(1, -(-n // max(1, chunks)))
 
+
 def check_correct(correct: str) -> str:
     """``correct`` unchanged if it is a non-empty string of '0'/'1', else a ValueError saying why."""
     if not isinstance(correct, str) or not correct:

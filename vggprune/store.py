@@ -126,8 +126,8 @@ class ModelStore:
         :func:`vggprune.runtimes.base.map_weights`). Nothing to do without an export cache."""
         if runtime.reads_module:
             return
-        for prepared in {id(p): p for p in (self._base, self._current) if p is not None}.values():
-            directory = self.pipeline.export_dir(prepared.key)
+        for prepared in (self._base, self._current):  # the current model is never the base (see prepared)
+            directory = None if prepared is None else self.pipeline.export_dir(prepared.key)
             if directory is not None:
                 map_weights(prepared.model, directory)
         release_free_memory()

@@ -66,9 +66,9 @@ class TimingPlan:
         share of the rounds; the shuffle is seeded by the case id so a rerun draws the same order.
         The first block runs on the pair :meth:`forwards` made, each later one on fresh copies of both
         models (new sessions in ONNX Runtime and OpenVINO; see PairedRounds), each copy made first in
-        every other block (``in_turn``). Each new
-        copy is made before the one it replaces is retired, so it lands elsewhere in memory, and at
-        most three copies are alive. With workers, this process times one block and each worker one more."""
+        every other block (``in_turn``). Each new copy is made before the one it replaces is retired, so
+        it lands elsewhere in memory, and at most three copies are alive. With workers, this process
+        times one block and each worker one more."""
         runtime = get_runtime(case.runtime)
         models = self._pair(case)
         forwards, turns = (base_forward, case_forward), iter(range(self._first_turn(case) + 1, 1 << 30))
