@@ -97,3 +97,19 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1
+
+
+def test_a_case_that_shares_another_cases_timing_is_counted_once(tmp_path, capsys):
+    paths = runs_with(tmp_path, [1.0, 1.1, 1.2, 1.3, 1.4],
+                      [(0.8, 1.3), (1.05, 1.15), (1.15, 1.25), (1.25, 1.35), (1.35, 1.45)])
+    for path in paths:  # by-hand's conv models are torch-pruning's (same weights): one timing for both
+        data = json.loads(path.read_text())
+        for bench in data["benchmarks"]:
+            e = bench["extra_info"]
+            if e["method"] == "by-hand":
+                e["timed_with"] = e["case_id"].replace("by-hand", "torch-pruning")
+        path.write_text(json.dumps(data))
+    assert main(["calibration", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    n = conv_cases_at_64() // 2
+    assert f"coverage: {2 * n}/{5 * n} = 40.0%" in out and "by-hand" not in out

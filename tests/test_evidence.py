@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
+from vggprune.models import build_vgg11
 from vggprune.timing.evidence import MAX_ROUNDS, MIN_ROUNDS, PILOT_ROUNDS, ROUND_TARGET_S, rounds_for, size_evidence
 from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, measure
+from vggprune.timing.plan import timing_identity
 
 
 class FakeClock:
@@ -75,3 +78,20 @@ def test_the_pilot_is_not_part_of_the_published_rounds():
     size_evidence(base, case, warmup=3, budget_s=1.0, clock=clock)
     # warm-up (3 rounds of 1 forward) and pilot (PILOT_ROUNDS of `loops` forwards) ran before any timed round
     assert len(calls) == 3 + PILOT_ROUNDS * case.loops and case.gpu_times_ms() == []
+
+
+def test_two_models_share_a_timing_only_when_they_run_the_same_forwards():
+    model = build_vgg11("small", 10)
+    assert timing_identity(copy.deepcopy(model)) == timing_identity(model)  # a copy runs the same forwards
+
+    other_weights = copy.deepcopy(model)
+    with torch.no_grad():
+        other_weights.classifier[0].bias[0] += 1.0
+    transposed = copy.deepcopy(model)  # the same values, held column-major: another memory access pattern
+    fc = transposed.classifier[0]
+    fc.weight = torch.nn.Parameter(fc.weight.detach().t().contiguous().t())
+    assert torch.equal(fc.weight, model.classifier[0].weight)
+    other_setting = copy.deepcopy(model)
+    other_setting.features[3].ceil_mode = True  # same tensors, another forward
+    for changed in (other_weights, transposed, other_setting):
+        assert timing_identity(changed) != timing_identity(model)

@@ -111,6 +111,13 @@ def test_quick_run_writes_every_case_with_the_contract_fields(bench):
         assert info["trained_on"]["threads"] == 1 and isinstance(info["from_cache"], bool)
     versions = run["machine_info"]["vggprune"]
     assert versions["torch"] == torch.__version__ and "torch_pruning" in versions and versions["threads"] == 1
+    # by-hand and torch-pruning kept the same units into the same weights: one model, timed once per batch size
+    for b in (1, 4):
+        tp, hand = (f"quick-{m}-fc-r0.50-cpu-b{b}" for m in ("torch-pruning", "by-hand"))
+        assert entries[hand]["weights_sha256"] == entries[tp]["weights_sha256"]
+        assert (entries[tp]["timed_with"], entries[hand]["timed_with"]) == (None, tp)
+        assert rounds[hand] == rounds[tp] and entries[hand]["base_times_s"] == entries[tp]["base_times_s"]
+        assert entries[hand]["method"] == "by-hand" and entries[f"quick-base-r0.00-cpu-b{b}"]["timed_with"] is None
 
 
 def test_threshold_above_measured_accuracy_fails_with_measured_vs_required(bench):

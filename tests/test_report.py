@@ -64,7 +64,10 @@ def current(data: dict) -> dict:
     by today's rule, as a current file must hold them."""
     for b in data["benchmarks"]:
         e = b["extra_info"]
-        e.update(ADDED[4], **{k: v for k, v in e.items() if k in ADDED[4]}, schema=SCHEMA)
+        for added in ADDED.values():  # what each later schema's fields meant for an older file
+            for k, v in added.items():
+                e.setdefault(k, v)
+        e["schema"] = SCHEMA
         e.update(summarize(b["stats"]["data"], e["batch_size"], e["base_times_s"] or None, blocks=e["blocks"],
                            run_spread=e.get("run_spread") or 0.0))
     return data
@@ -248,6 +251,23 @@ def test_noisy_and_contended_cases_are_marked_and_counted(tmp_path):
     flagged = {r["case_id"]: r for r in rows}
     assert marks(flagged[extras()[0]["case_id"]]) == "noisy"
     assert marks(flagged[extras()[1]["case_id"]]) == "contended"
+
+
+def test_a_case_sharing_the_timing_of_the_same_model_says_so_in_its_row_and_the_notes(tmp_path):
+    def share(data):  # by-hand's models are torch-pruning's here (same weights): timed once, as the harness does
+        for b in data["benchmarks"]:
+            e = b["extra_info"]
+            e.update(noisy=False, contended=False)
+            if e["method"] == "by-hand":
+                e["timed_with"] = e["case_id"].replace("by-hand", "torch-pruning")
+
+    runs, rows = load_rows([variant(tmp_path, share)])
+    shared = [r for r in rows if r["method"] == "by-hand"]
+    assert shared and {marks(r) for r in shared} == {"same model"}
+    assert {marks(r) for r in rows if r["method"] != "by-hand"} == {""}
+    text = render(runs, rows, "github")
+    assert f"{len(shared)} of {len(rows)} case(s) are marked `same model`" in text
+    assert "timed_with" in CSV_FIELDS
 
 
 def test_the_notes_say_when_speed_up_intervals_include_a_run_spread(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from vggprune.gates import ExpectedParams, Thresholds, check_accuracy, check_learned, check_params, check_pruning_cost
 from vggprune.identity import Case, ModelKey
 from vggprune.machine import PeakMemory, cpu_model, device_name
-from vggprune.results.record import SCHEMA, CaseRecord
+from vggprune.results.record import MEASURED, SCHEMA, CaseRecord
 from vggprune.results.summary import summarize
 from vggprune.runtimes import get_runtime, reference_logits, verify
 from vggprune.settings import RunSettings
@@ -22,7 +22,7 @@ from vggprune.stats import correct_interval
 from vggprune.store import ModelStore, PreparedModel
 from vggprune.timing.evidence import Evidence
 from vggprune.timing.pairing import TimedForward, make_batch
-from vggprune.timing.plan import TimingPlan
+from vggprune.timing.plan import TimingPlan, timing_identity
 from vggprune.timing.watch import CpuWatch
 
 VERIFY_BATCH = 8  # images in the one random batch runtimes are verified on when there is no data
@@ -46,6 +46,7 @@ class Harness:
         self.expected = ExpectedParams.load(settings.expected_params_file)
         self.thresholds = Thresholds.load(settings.thresholds_file)
         self.timed: list[CaseRecord] = []  # every case recorded so far, for the run's summary
+        self._timed_models: dict[tuple, CaseRecord] = {}  # what each timed pair was (see already_timed)
         self.timing = TimingPlan(self.store, settings)
         self.peak = PeakMemory(cuda="cuda" in settings.devices)
         self.run_peak_mb: float | None = None  # the process tree's peak over the whole run
@@ -163,12 +164,44 @@ class Harness:
                watch: CpuWatch | None, blocks: int = 1, evidence: Evidence | None = None) -> CaseRecord:
         """The case's typed record: identity, model facts, accuracy evidence, latency and quietness.
         ``forward`` is the case's timed callable: its runner says what was shipped and where it ran."""
-        prepared, base = self.prepared(case.model), self.base
-        key = case.model
-        before = prepared.correct_before_finetune
         runner = forward.fn
         # GPU times of the timed rounds only (warm-up and block refreshes ran the forward untimed too)
         gpu_ms = forward.gpu_times_ms()[-len(seconds):] if seconds else []
+        measured = dict(
+            size_mb=round(runner.size_bytes / 1e6, 4), runtime_providers=runner.details.get("providers"),
+            cpu_peak_mem_mb=self.peak.cpu_mb(), gpu_peak_mem_mb=self.peak.gpu_mb() if case.device == "cuda" else None,
+            base_times_s=[float(s) for s in base_seconds], loops=evidence.loops if evidence else forward.loops,
+            other_cpu_cores=watch.other_cores if watch else None,
+            loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
+            times_s=list(seconds),
+            **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks, run_spread=self.settings.run_spread),
+        )
+        unlisted = set(measured) - set(MEASURED)
+        if unlisted:  # a case sharing this timing would not carry them (see already_timed)
+            raise RuntimeError(f"measured fields missing from results.record.MEASURED: {sorted(unlisted)}")
+        record = self._record(case, measured)
+        self._timed_models.setdefault(self._timing_key(case), record)
+        return record
+
+    def already_timed(self, case: Case) -> CaseRecord | None:
+        """The record of a case timed earlier in this run whose timed pair is this case's own: the same model
+        (weights, shapes, layout, module types) in the same runtime, device and batch size, against the same
+        base. by-hand and torch-pruning give such pairs (same kept units, same fine-tuning); timing both
+        would time one model twice and print the noise between the two as a difference between methods."""
+        return self._timed_models.get(self._timing_key(case))
+
+    def record_shared(self, case: Case, timed: CaseRecord) -> CaseRecord:
+        """The case's record with the timing of ``timed``, the same model's (see :meth:`already_timed`), and
+        ``timed_with`` naming it."""
+        return self._record(case, {name: getattr(timed, name) for name in MEASURED}, timed_with=timed.case_id)
+
+    def _timing_key(self, case: Case) -> tuple:
+        return case.runtime, case.device, case.batch_size, timing_identity(self.prepared(case.model).model)
+
+    def _record(self, case: Case, measured: dict, timed_with: str | None = None) -> CaseRecord:
+        prepared, base = self.prepared(case.model), self.base
+        key = case.model
+        before = prepared.correct_before_finetune
         record = CaseRecord(
             schema=SCHEMA, case_id=case.id, profile=case.profile, model=self.profile.model,
             method=key.method, scope=key.scope, criterion=key.criterion, round_to=key.round_to, rate=key.rate,
@@ -181,21 +214,15 @@ class Harness:
             params=prepared.params, macs=prepared.macs, base_params=base.params, base_macs=base.macs,
             theoretical_speedup=round(base.macs / prepared.macs, 4),
             conv_widths=list(prepared.model.spec.conv_widths), fc_widths=list(prepared.model.spec.fc_widths),
-            size_mb=round(runner.size_bytes / 1e6, 4), weights_sha256=prepared.weights_sha256,
+            weights_sha256=prepared.weights_sha256,
             accuracy=prepared.top1, accuracy_ci=_ci(prepared.correct), correct=prepared.correct,
             accuracy_reason=prepared.reason if prepared.top1 is None else None, top5=prepared.top5,
             base_accuracy=base.top1, base_learned=None if base.top1 is None else self.base_unlearned() is None,
             accuracy_before_finetune=prepared.top1_before_finetune,
             accuracy_before_finetune_ci=_ci(before),
             **self._verification(prepared, case),
-            runtime_providers=runner.details.get("providers"),
             from_cache=prepared.from_cache, trained_on=prepared.info.get("trained_on"),
-            cpu_peak_mem_mb=self.peak.cpu_mb(), gpu_peak_mem_mb=self.peak.gpu_mb() if case.device == "cuda" else None,
-            base_times_s=[float(s) for s in base_seconds], loops=evidence.loops if evidence else forward.loops,
-            other_cpu_cores=watch.other_cores if watch else None,
-            loadavg_1m=watch.loadavg_1m if watch else None, contended=bool(watch and watch.contended),
-            times_s=list(seconds),
-            **summarize(seconds, case.batch_size, base_seconds, gpu_ms, blocks, run_spread=self.settings.run_spread),
+            timed_with=timed_with, **measured,
         )
         self.timed.append(record)
         return record

@@ -48,7 +48,8 @@ class CaseCoverage:
 
 
 def _selected(record: CaseRecord, scopes: Sequence[str], batch_size: int) -> bool:
-    return (record.scope in scopes and record.batch_size == batch_size
+    """A case timed itself (one that shares another's timing, ``timed_with``, would count that timing twice)."""
+    return (record.scope in scopes and record.batch_size == batch_size and record.timed_with is None
             and record.measured_speedup is not None and record.measured_speedup_ci is not None)
 
 

@@ -20,16 +20,24 @@ from typing import Any
 from vggprune.errors import UserError
 from vggprune.identity import BASE_METHOD, DEFAULT_RUNTIME, KEY_FIELDS, Case
 
-SCHEMA = 4  # bump when a field changes meaning or a required field is added
+SCHEMA = 5  # bump when a field changes meaning or a required field is added
 # Fields a newer schema added, with the value that states what an older file meant. Schema 3: the
 # speed-up interval may include a between-run term (run_spread); a schema-2 interval was within-run
 # and the file says nothing about its machine's spread (None). Schema 4: peak memory, the runtime's
 # providers, whether the case's checkpoint was loaded from the cache and where it was trained, and
 # whether the case's base beat chance (an older file did not say: None), and loops per round (1 before).
+# Schema 5: whether the case shares the timing of an identical model (before, every case was timed: None).
 ADDED = {3: {"run_spread": None},
          4: {"cpu_peak_mem_mb": None, "gpu_peak_mem_mb": None, "runtime_providers": None, "from_cache": None,
-             "trained_on": None, "base_learned": None, "loops": 1}}
+             "trained_on": None, "base_learned": None, "loops": 1},
+         5: {"timed_with": None}}
 NOISY = 0.10  # IQR/median above this marks a case noisy (torch.utils.benchmark warns at the same level)
+# What timing a case measures, as opposed to what the case is: a case that shares an identical model's
+# timing (``timed_with``) carries these fields of that model's record.
+MEASURED = ("size_mb", "runtime_providers", "cpu_peak_mem_mb", "gpu_peak_mem_mb", "rounds", "loops", "blocks",
+            "base_times_s", "latency_p50_ms", "latency_q1_ms", "latency_q3_ms", "latency_mean_ms", "latency_noise",
+            "images_per_s", "gpu_time_p50_ms", "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci",
+            "run_spread", "noisy", "other_cpu_cores", "loadavg_1m", "contended", "times_s")
 CONTENDED = 0.10  # other processes' CPU use, in cores, during the timing window, above which a case is marked
 
 
@@ -123,6 +131,9 @@ class CaseRecord:
     other_cpu_cores: float | None = _range(0, default=None)  # CPU used by other processes / wall time
     loadavg_1m: float | None = _range(0, default=None)
     contended: bool = False
+    # the case whose timing this one shares: the same model (weights, layout) in the same runtime, device and
+    # batch size, timed once in this run (by-hand and torch-pruning at one rate); None: timed itself
+    timed_with: str | None = None
     times_s: list[float] = field(default_factory=list)  # from stats.data, not written to extra_info
 
     # identity -------------------------------------------------------------------------------------

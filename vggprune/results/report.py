@@ -269,10 +269,14 @@ def with_interval(value: float | None, interval: Sequence[float] | None, kind: s
     return f"{fmt_num(value, kind)} ({fmt_num(interval[0], kind)}–{fmt_num(interval[1], kind)})"
 
 
+SAME_MODEL = "same model"
+
+
 def marks(row: Row) -> str:
-    """Why a latency cell should not be taken as fact: ``noisy`` (IQR/median > 10 %), ``contended``."""
+    """Why a latency cell should not be taken as fact: ``noisy`` (IQR/median > 10 %), ``contended``; and
+    ``same model`` when it is another case's timing (``timed_with``: the same model, timed once)."""
     flags = [f for f in ("noisy", "contended") if row.get(f)]
-    return ", ".join(flags)
+    return ", ".join(flags + ([SAME_MODEL] if row.get("timed_with") else []))
 
 
 @dataclass(frozen=True)
@@ -566,6 +570,12 @@ def timing_notes(rows: Sequence[Row]) -> list[str]:
                      f"(up to {worst:.2f} cores; marked `contended`): their latency is not a quiet machine's")
     if noisy:
         notes.append(f"{len(noisy)} of {len(timed)} case(s) are `noisy`: IQR/median above 10 %")
+    shared = [r for r in timed if r.get("timed_with")]
+    if shared:
+        notes.append(f"{len(shared)} of {len(timed)} case(s) are marked `{SAME_MODEL}`: the same model (weights and "
+                     f"layout) as another case in the same runtime, device and batch size, as by-hand and "
+                     f"torch-pruning are when they keep the same units; it was timed once, and both rows show "
+                     f"that timing (`timed_with` in the JSON names the case timed)")
     spreads = sorted({r["run_spread"] for r in timed if r["run_spread"]})
     if spreads:
         notes.append(f"`×` intervals allow for a between-run spread of {' / '.join(map(str, spreads))} "
@@ -616,8 +626,8 @@ CSV_FIELDS: tuple[str, ...] = (
     "latency_q1_ms", "latency_q3_ms", "latency_mean_ms", "latency_noise", "noisy", "images_per_s", "gpu_time_p50_ms",
     "base_latency_p50_ms", "measured_speedup", "measured_speedup_ci", "run_spread", "speedup_ratio",
     "speedup_ratio_ci", "deploy_speedup", "deploy_speedup_ci", "other_cpu_cores", "loadavg_1m", "contended",
-    "vs_cpu_device", "vs_cpu_speedup", "vs_cpu_speedup_ci", "test_fingerprint", "weights_sha256", "case_id", "node",
-    "source",
+    "timed_with", "vs_cpu_device", "vs_cpu_speedup", "vs_cpu_speedup_ci", "test_fingerprint", "weights_sha256",
+    "case_id", "node", "source",
 )
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import zlib
 
+import torch
+
 from vggprune.identity import Case
 from vggprune.runtimes import get_runtime
+from vggprune.runtimes.base import model_fingerprint
 from vggprune.settings import RunSettings
 from vggprune.store import ModelStore, PreparedModel
 from vggprune.timing.evidence import Evidence, size_evidence
 from vggprune.timing.pairing import BLOCKS, PairedRounds, TimedForward, make_batch
 from vggprune.timing.workers import Block, Workers, in_turn, model_bytes, split_rounds, timed_pair
+
+
+def timing_identity(model: torch.nn.Module) -> tuple:
+    """What a timed copy of ``model`` is made of: its weights (their fingerprint), its modules with their
+    settings (``repr``) and every tensor's shape and strides. Models equal in it run the same forwards."""
+    layout = tuple((name, tuple(t.shape), t.stride(), t.dtype) for name, t in model.state_dict().items())
+    return model_fingerprint(model), repr(model), layout
 
 
 class TimingPlan:
