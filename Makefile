@@ -21,7 +21,7 @@ bench: $(STAMP)
 	$(BIN)/vggprune report $(RUN_JSON) --out reports/
 
 # The unit and harness tests, under 5 minutes; test-slow runs the rest (the seed model, own-data learning
-# runs, Ray, caches that cannot be written), which CI runs too.
+# runs, Ray, timing worker processes, damaged or unwritable caches), which CI runs too.
 test: $(STAMP)
 	$(BIN)/pytest tests/ -m "not slow"
 

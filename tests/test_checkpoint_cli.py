@@ -64,6 +64,7 @@ def test_params_json_matches_arithmetic():
     assert rows[0]["macs"] > rows[1]["macs"] > rows[2]["macs"]
 
 
+@pytest.mark.slow  # builds the 133M-parameter seed model
 def test_params_table_for_the_seed_model():
     out = run_cli("params", "--model", "seed", "--num-classes", "102", "--method", "by-hand",
                   "--scope", "fc", "--rates", "0,0.5")

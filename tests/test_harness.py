@@ -287,6 +287,7 @@ def test_an_unknown_runtime_is_a_usage_error(bench):
         result.stderr.str())
 
 
+@pytest.mark.slow  # three processes start torch; test_workers.py covers the workers themselves in make test
 def test_timing_processes_time_one_block_in_each_worker_process(bench, tmp_path):
     json_path = tmp_path / "run.json"
     result = bench.runpytest_subprocess("bench", *SMALL_RUN, "--rates", "0", "--batch-sizes", "2",
@@ -311,6 +312,7 @@ def cache_warning_lines(result: pytest.RunResult) -> list[str]:
     return [line for line in result.stdout.lines if "CacheWarning" in line]
 
 
+@pytest.mark.slow  # two whole runs, the first to write the export
 def test_a_truncated_onnx_export_in_the_cache_is_rebuilt_with_one_warning(bench, shared_cache):
     pytest.importorskip("onnxruntime")
     bench.runpytest_subprocess("bench", *FAULT_RUN, "--runtimes", "onnxruntime").assert_outcomes(passed=2)
