@@ -185,8 +185,8 @@ class Harness:
 
     def already_timed(self, case: Case) -> CaseRecord | None:
         """The record of a case timed earlier in this run whose timed pair is this case's own: the same model
-        (weights, shapes, layout, module types) in the same runtime, device and batch size, against the same
-        base. by-hand and torch-pruning give such pairs (same kept units, same fine-tuning); timing both
+        (see :func:`~vggprune.timing.plan.timing_identity`) in the same runtime, device and batch size, against
+        the same base. by-hand and torch-pruning give such pairs (same kept units, same fine-tuning); timing both
         would time one model twice and print the noise between the two as a difference between methods."""
         return self._timed_models.get(self._timing_key(case))
 
